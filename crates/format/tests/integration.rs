@@ -1,0 +1,3 @@
+//! Integration tests for safeckpt-format.
+
+mod differential;
