@@ -1,0 +1,176 @@
+//! Sharded sets: a HuggingFace `*.safetensors.index.json` and its shard files, seen as one
+//! namespace.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use safeckpt_format::ShardIndex;
+use safeckpt_format::index::MAX_INDEX_LEN;
+
+use crate::error::{ReadError, Result};
+use crate::file::{ReadOptions, Reader};
+use crate::verify::VerifyReport;
+use crate::view::TensorView;
+
+/// One namespace over a sharded set (or over a single file).
+///
+/// Opening checks the set for consistency: every shard path stays inside the index's directory
+/// (no `..`, no absolute paths, no symlinks leading out), every shard exists and is a valid file,
+/// every index entry names a tensor its shard holds, and no tensor appears in two shards or in a
+/// shard the index does not list it for. Each error names the tensor and the shards involved.
+#[derive(Debug)]
+pub struct ShardedReader {
+    path: PathBuf,
+    index: Option<ShardIndex>,
+    shards: Vec<Reader>,
+    routing: HashMap<String, usize>,
+}
+
+impl ShardedReader {
+    /// Opens an index (a path ending in `.json`) or a single safetensors file.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        Self::open_with(path, &ReadOptions::default())
+    }
+
+    /// [`ShardedReader::open`] with options for each shard.
+    pub fn open_with(path: impl AsRef<Path>, opts: &ReadOptions) -> Result<Self> {
+        let path = path.as_ref();
+        if path.extension().is_some_and(|e| e == "json") {
+            Self::open_index(path, opts)
+        } else {
+            let reader = Reader::open_with(path, opts)?;
+            let routing = reader.names().map(|n| (n.to_string(), 0)).collect();
+            Ok(ShardedReader { path: path.to_path_buf(), index: None, shards: vec![reader], routing })
+        }
+    }
+
+    fn open_index(path: &Path, opts: &ReadOptions) -> Result<Self> {
+        let err = |reason: String| ReadError::Index { index: path.to_path_buf(), reason };
+        let meta = std::fs::metadata(path).map_err(|e| ReadError::io(path, e))?;
+        if meta.len() > MAX_INDEX_LEN {
+            return Err(err(format!("index is {} bytes, over the limit of {MAX_INDEX_LEN}", meta.len())));
+        }
+        let bytes = std::fs::read(path).map_err(|e| ReadError::io(path, e))?;
+        let index = ShardIndex::parse(&bytes).map_err(|e| err(e.to_string()))?;
+        let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let dir = if dir.as_os_str().is_empty() { PathBuf::from(".") } else { dir };
+        let canonical_dir = dir.canonicalize().map_err(|e| ReadError::io(&dir, e))?;
+        // An example tensor per shard, for messages.
+        let mut example: HashMap<&str, &str> = HashMap::new();
+        for (name, shard) in &index.weight_map {
+            example.entry(shard.as_str()).or_insert(name.as_str());
+        }
+        let shard_names = index.shards();
+        let mut shards = Vec::with_capacity(shard_names.len());
+        for shard in &shard_names {
+            let file = dir.join(shard);
+            let holder = example.get(shard).copied().unwrap_or_default();
+            let real = file.canonicalize().map_err(|e| {
+                err(format!("shard `{shard}` (which holds tensor `{holder}`) cannot be opened: {e}"))
+            })?;
+            if !real.starts_with(&canonical_dir) {
+                return Err(err(format!(
+                    "shard `{shard}` resolves to {}, outside the index's directory",
+                    real.display()
+                )));
+            }
+            shards.push(Reader::open_with(&file, opts)?);
+        }
+        let position: HashMap<&str, usize> = shard_names.iter().enumerate().map(|(i, s)| (*s, i)).collect();
+        let mut routing: HashMap<String, usize> = HashMap::with_capacity(index.weight_map.len());
+        for (i, reader) in shards.iter().enumerate() {
+            let shard = shard_names[i];
+            for name in reader.names() {
+                match index.weight_map.get(name) {
+                    None => {
+                        return Err(err(format!(
+                            "tensor `{name}` is in shard `{shard}` but the index does not list it"
+                        )));
+                    }
+                    Some(listed) if listed != shard => {
+                        return Err(err(format!(
+                            "tensor `{name}` is in both `{shard}` and `{listed}` (the index lists `{listed}`)"
+                        )));
+                    }
+                    Some(_) => {
+                        routing.insert(name.to_string(), i);
+                    }
+                }
+            }
+        }
+        for (name, shard) in &index.weight_map {
+            let i = position[shard.as_str()];
+            if shards[i].get(name).is_none() {
+                return Err(err(format!("the index maps tensor `{name}` to `{shard}`, but `{shard}` has no such tensor")));
+            }
+        }
+        Ok(ShardedReader { path: path.to_path_buf(), index: Some(index), shards, routing })
+    }
+
+    /// The index or file path this was opened from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The index, when opened from one.
+    pub fn index(&self) -> Option<&ShardIndex> {
+        self.index.as_ref()
+    }
+
+    /// The shard readers (a single one for a plain file).
+    pub fn shards(&self) -> &[Reader] {
+        &self.shards
+    }
+
+    /// Number of tensors across all shards.
+    pub fn len(&self) -> usize {
+        self.routing.len()
+    }
+
+    /// Whether there are no tensors.
+    pub fn is_empty(&self) -> bool {
+        self.routing.is_empty()
+    }
+
+    /// The tensor called `name`.
+    pub fn get(&self, name: &str) -> Option<TensorView<'_>> {
+        self.routing.get(name).and_then(|&i| self.shards[i].get(name))
+    }
+
+    /// The tensor called `name`, or an error naming the set and the tensor.
+    pub fn tensor(&self, name: &str) -> Result<TensorView<'_>> {
+        self.get(name).ok_or_else(|| ReadError::TensorNotFound { path: self.path.clone(), name: name.to_string() })
+    }
+
+    /// The shard holding `name`.
+    pub fn shard_of(&self, name: &str) -> Option<&Reader> {
+        self.routing.get(name).map(|&i| &self.shards[i])
+    }
+
+    /// All names, sorted bytewise.
+    pub fn names(&self) -> Vec<&str> {
+        let mut v: Vec<&str> = self.routing.keys().map(String::as_str).collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// Every tensor, shard by shard in file order.
+    pub fn tensors(&self) -> impl Iterator<Item = TensorView<'_>> + '_ {
+        self.shards.iter().flat_map(|s| s.tensors())
+    }
+
+    /// Total bytes of tensor data.
+    pub fn data_len(&self) -> u64 {
+        self.shards.iter().map(|s| s.header().data_len() as u64).sum()
+    }
+
+    /// Verifies every shard.
+    pub fn verify(&self) -> Result<Vec<VerifyReport>> {
+        self.verify_with_progress(&|_| {})
+    }
+
+    /// [`ShardedReader::verify`] with a progress callback (bytes hashed since the last call).
+    pub fn verify_with_progress(&self, progress: &(dyn Fn(u64) + Sync)) -> Result<Vec<VerifyReport>> {
+        self.shards.iter().map(|s| s.verify_with_progress(progress)).collect()
+    }
+}
