@@ -142,7 +142,9 @@ pub enum FormatError {
         end: usize,
     },
     /// There is a gap in the data section before this tensor.
-    #[error("tensor `{tensor}`: data section has a hole; tensor begins at {begin}, expected {expected}")]
+    #[error(
+        "tensor `{tensor}`: data section has a hole; tensor begins at {begin}, expected {expected}"
+    )]
     Hole {
         /// The tensor after the gap.
         tensor: String,

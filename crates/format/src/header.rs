@@ -61,7 +61,9 @@ pub struct Header {
 /// against the cap and the file length.
 pub fn read_header_len(prefix: &[u8], file_len: u64) -> Result<usize> {
     let Some(bytes) = prefix.get(..LEN_PREFIX) else {
-        return Err(FormatError::HeaderTooSmall { len: file_len.min(prefix.len() as u64) });
+        return Err(FormatError::HeaderTooSmall {
+            len: file_len.min(prefix.len() as u64),
+        });
     };
     if file_len < LEN_PREFIX as u64 {
         return Err(FormatError::HeaderTooSmall { len: file_len });
@@ -70,12 +72,21 @@ pub fn read_header_len(prefix: &[u8], file_len: u64) -> Result<usize> {
     le.copy_from_slice(bytes);
     let n = u64::from_le_bytes(le);
     if n > MAX_HEADER_LEN {
-        return Err(FormatError::HeaderTooLarge { len: n, max: MAX_HEADER_LEN });
+        return Err(FormatError::HeaderTooLarge {
+            len: n,
+            max: MAX_HEADER_LEN,
+        });
     }
     if n > file_len - LEN_PREFIX as u64 {
-        return Err(FormatError::HeaderPastEnd { header_len: n, file_len });
+        return Err(FormatError::HeaderPastEnd {
+            header_len: n,
+            file_len,
+        });
     }
-    usize::try_from(n).map_err(|_| FormatError::TooLargeForPlatform { what: "header length", value: n })
+    usize::try_from(n).map_err(|_| FormatError::TooLargeForPlatform {
+        what: "header length",
+        value: n,
+    })
 }
 
 fn to_usize(v: u64, what: &'static str) -> Result<usize> {
@@ -87,10 +98,12 @@ impl Header {
     pub fn parse(file: &[u8]) -> Result<Header> {
         let file_len = file.len() as u64;
         let n = read_header_len(file, file_len)?;
-        let json = file.get(LEN_PREFIX..LEN_PREFIX + n).ok_or(FormatError::HeaderPastEnd {
-            header_len: n as u64,
-            file_len,
-        })?;
+        let json = file
+            .get(LEN_PREFIX..LEN_PREFIX + n)
+            .ok_or(FormatError::HeaderPastEnd {
+                header_len: n as u64,
+                file_len,
+            })?;
         let header = Header::parse_json(json)?;
         header.check_file_len(file_len)?;
         Ok(header)
@@ -100,7 +113,9 @@ impl Header {
     /// data section, padding included). The file length is checked separately with
     /// [`Header::check_file_len`].
     pub fn parse_json(json: &[u8]) -> Result<Header> {
-        let text = std::str::from_utf8(json).map_err(|e| FormatError::HeaderUtf8 { at: e.valid_up_to() })?;
+        let text = std::str::from_utf8(json).map_err(|e| FormatError::HeaderUtf8 {
+            at: e.valid_up_to(),
+        })?;
         let mut c = Cursor::new(text);
         let mut tensors: Vec<TensorInfo> = Vec::new();
         let mut metadata: Option<Metadata> = None;
@@ -133,7 +148,9 @@ impl Header {
         for w in by_name.windows(2) {
             if let [a, b] = *w {
                 if name_of(a) == name_of(b) {
-                    return Err(FormatError::DuplicateTensor { tensor: name_of(a).to_string() });
+                    return Err(FormatError::DuplicateTensor {
+                        tensor: name_of(a).to_string(),
+                    });
                 }
             }
         }
@@ -144,13 +161,23 @@ impl Header {
         let mut expected = 0usize;
         let mut previous: Option<u32> = None;
         for &i in &order {
-            let Some(t) = tensors.get(i as usize) else { continue };
+            let Some(t) = tensors.get(i as usize) else {
+                continue;
+            };
             let (begin, end) = t.data_offsets;
             if end < begin {
-                return Err(FormatError::OffsetsInverted { tensor: t.name.clone(), begin, end });
+                return Err(FormatError::OffsetsInverted {
+                    tensor: t.name.clone(),
+                    begin,
+                    end,
+                });
             }
             if begin > expected {
-                return Err(FormatError::Hole { tensor: t.name.clone(), begin, expected });
+                return Err(FormatError::Hole {
+                    tensor: t.name.clone(),
+                    begin,
+                    expected,
+                });
             }
             if begin < expected {
                 return Err(FormatError::Overlap {
@@ -175,18 +202,32 @@ impl Header {
             *i = rank.get(*i as usize).copied().unwrap_or(0);
         }
         let mut slots: Vec<Option<TensorInfo>> = tensors.into_iter().map(Some).collect();
-        let tensors: Vec<TensorInfo> =
-            order.iter().filter_map(|&i| slots.get_mut(i as usize).and_then(Option::take)).collect();
-        Ok(Header { header_len: json.len(), tensors, by_name, metadata, data_len: expected })
+        let tensors: Vec<TensorInfo> = order
+            .iter()
+            .filter_map(|&i| slots.get_mut(i as usize).and_then(Option::take))
+            .collect();
+        Ok(Header {
+            header_len: json.len(),
+            tensors,
+            by_name,
+            metadata,
+            data_len: expected,
+        })
     }
 
     /// Checks that a file of `file_len` bytes has exactly the length this header describes.
     pub fn check_file_len(&self, file_len: u64) -> Result<()> {
         let expected = self.total_len();
         if file_len < expected {
-            Err(FormatError::Truncated { expected, actual: file_len })
+            Err(FormatError::Truncated {
+                expected,
+                actual: file_len,
+            })
         } else if file_len > expected {
-            Err(FormatError::TrailingBytes { expected, extra: file_len - expected })
+            Err(FormatError::TrailingBytes {
+                expected,
+                extra: file_len - expected,
+            })
         } else {
             Ok(())
         }
@@ -230,9 +271,15 @@ impl Header {
     /// Position (in [`Header::tensors`]) of the tensor called `name`.
     pub fn position(&self, name: &str) -> Option<usize> {
         let found = self.by_name.binary_search_by(|&i| {
-            self.tensors.get(i as usize).map_or("", |t| t.name.as_str()).cmp(name)
+            self.tensors
+                .get(i as usize)
+                .map_or("", |t| t.name.as_str())
+                .cmp(name)
         });
-        found.ok().and_then(|k| self.by_name.get(k)).map(|&i| i as usize)
+        found
+            .ok()
+            .and_then(|k| self.by_name.get(k))
+            .map(|&i| i as usize)
     }
 
     /// The tensor called `name`.
@@ -241,7 +288,10 @@ impl Header {
     }
 
     /// Tensors in name order (bytewise), as Python's `safe_open(...).keys()` lists them.
-    #[allow(clippy::indexing_slicing, reason = "by_name holds positions of `tensors` by construction")]
+    #[allow(
+        clippy::indexing_slicing,
+        reason = "by_name holds positions of `tensors` by construction"
+    )]
     pub fn by_name(&self) -> impl ExactSizeIterator<Item = &TensorInfo> + '_ {
         self.by_name.iter().map(|&i| &self.tensors[i as usize])
     }
@@ -253,16 +303,26 @@ impl Header {
 
     /// One metadata value.
     pub fn metadata_value(&self, key: &str) -> Option<&str> {
-        self.metadata.as_ref().and_then(|m| m.get(key)).map(String::as_str)
+        self.metadata
+            .as_ref()
+            .and_then(|m| m.get(key))
+            .map(String::as_str)
     }
 }
 
 fn check_byte_len(t: &TensorInfo, actual: usize) -> Result<()> {
-    let overflow = || FormatError::ShapeOverflow { tensor: t.name.clone(), shape: t.shape.clone() };
+    let overflow = || FormatError::ShapeOverflow {
+        tensor: t.name.clone(),
+        shape: t.shape.clone(),
+    };
     let n = numel(&t.shape).ok_or_else(overflow)?;
     let bits = n.checked_mul(t.dtype.bits()).ok_or_else(overflow)?;
     if bits % 8 != 0 {
-        return Err(FormatError::SubByteMisaligned { tensor: t.name.clone(), dtype: t.dtype, numel: n });
+        return Err(FormatError::SubByteMisaligned {
+            tensor: t.name.clone(),
+            dtype: t.dtype,
+            numel: n,
+        });
     }
     let expected = bits / 8;
     if expected != actual {
@@ -310,13 +370,18 @@ fn parse_tensor(c: &mut Cursor<'_>, name: String) -> Result<TensorInfo> {
     let mut shape: Option<Vec<usize>> = None;
     let mut offsets: Option<(usize, usize)> = None;
     if c.peek() != Some(b'{') {
-        return c.err(format!("tensor `{name}`: expected an object with dtype, shape and data_offsets"));
+        return c.err(format!(
+            "tensor `{name}`: expected an object with dtype, shape and data_offsets"
+        ));
     }
     if !c.open(b'{', b'}')? {
         loop {
             let field = c.string()?;
             c.expect(b':')?;
-            let dup = |f: &str| FormatError::DuplicateField { tensor: name.clone(), field: f.to_string() };
+            let dup = |f: &str| FormatError::DuplicateField {
+                tensor: name.clone(),
+                field: f.to_string(),
+            };
             match field.as_ref() {
                 "dtype" => {
                     if dtype.is_some() {
@@ -326,10 +391,13 @@ fn parse_tensor(c: &mut Cursor<'_>, name: String) -> Result<TensorInfo> {
                         return c.err(format!("tensor `{name}`: dtype must be a string"));
                     }
                     let s = c.string()?;
-                    dtype = Some(Dtype::from_name(&s).ok_or_else(|| FormatError::UnknownDtype {
-                        tensor: name.clone(),
-                        dtype: s.into_owned(),
-                    })?);
+                    dtype =
+                        Some(
+                            Dtype::from_name(&s).ok_or_else(|| FormatError::UnknownDtype {
+                                tensor: name.clone(),
+                                dtype: s.into_owned(),
+                            })?,
+                        );
                 }
                 "shape" => {
                     if shape.is_some() {
@@ -337,7 +405,9 @@ fn parse_tensor(c: &mut Cursor<'_>, name: String) -> Result<TensorInfo> {
                     }
                     let mut dims = Vec::new();
                     if c.peek() != Some(b'[') {
-                        return c.err(format!("tensor `{name}`: shape must be an array of integers"));
+                        return c.err(format!(
+                            "tensor `{name}`: shape must be an array of integers"
+                        ));
                     }
                     if !c.open(b'[', b']')? {
                         loop {
@@ -354,14 +424,18 @@ fn parse_tensor(c: &mut Cursor<'_>, name: String) -> Result<TensorInfo> {
                         return Err(dup("data_offsets"));
                     }
                     if c.peek() != Some(b'[') {
-                        return c.err(format!("tensor `{name}`: data_offsets must be [begin, end]"));
+                        return c.err(format!(
+                            "tensor `{name}`: data_offsets must be [begin, end]"
+                        ));
                     }
                     c.expect(b'[')?;
                     let begin = to_usize(c.uint()?, "data offset")?;
                     c.expect(b',')?;
                     let end = to_usize(c.uint()?, "data offset")?;
                     if c.peek() != Some(b']') {
-                        return c.err(format!("tensor `{name}`: data_offsets must have exactly two entries"));
+                        return c.err(format!(
+                            "tensor `{name}`: data_offsets must have exactly two entries"
+                        ));
                     }
                     c.expect(b']')?;
                     offsets = Some((begin, end));
@@ -373,11 +447,19 @@ fn parse_tensor(c: &mut Cursor<'_>, name: String) -> Result<TensorInfo> {
             }
         }
     }
-    let missing = |field| FormatError::MissingField { tensor: name.clone(), field };
+    let missing = |field| FormatError::MissingField {
+        tensor: name.clone(),
+        field,
+    };
     let dtype = dtype.ok_or_else(|| missing("dtype"))?;
     let shape = shape.ok_or_else(|| missing("shape"))?;
     let data_offsets = offsets.ok_or_else(|| missing("data_offsets"))?;
-    Ok(TensorInfo { name, dtype, shape, data_offsets })
+    Ok(TensorInfo {
+        name,
+        dtype,
+        shape,
+        data_offsets,
+    })
 }
 
 #[cfg(test)]
@@ -410,34 +492,133 @@ mod tests {
     #[test]
     fn errors_are_specific() {
         let p = |json: &str, data| Header::parse(&file(json, data)).unwrap_err();
-        assert!(matches!(p("{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]},\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,8]}}", 8), FormatError::DuplicateTensor { .. }));
-        assert!(matches!(p("{\"__metadata__\":{},\"__metadata__\":{}}", 0), FormatError::ReservedName));
-        assert!(matches!(p("{\"__metadata__\":{\"a\":1}}", 0), FormatError::MetadataNotString { .. }));
-        assert!(matches!(p("{\"__metadata__\":{\"a\":\"1\",\"a\":\"2\"}}", 0), FormatError::DuplicateMetadataKey { .. }));
-        assert!(matches!(p("{\"a\":{\"dtype\":\"F32\",\"shape\":[1]}}", 0), FormatError::MissingField { field: "data_offsets", .. }));
-        assert!(matches!(p("{\"a\":{\"dtype\":\"F32\",\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}", 4), FormatError::DuplicateField { .. }));
-        assert!(matches!(p("{\"a\":{\"dtype\":\"X\",\"shape\":[1],\"data_offsets\":[0,4]}}", 4), FormatError::UnknownDtype { .. }));
-        assert!(matches!(p("{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,0]}}", 4), FormatError::OffsetsInverted { .. }));
-        assert!(matches!(p("{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,8]}}", 8), FormatError::Hole { .. }));
-        assert!(matches!(p("{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},\"b\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,8]}}", 8), FormatError::Overlap { .. }));
-        assert!(matches!(p("{\"a\":{\"dtype\":\"F32\",\"shape\":[3],\"data_offsets\":[0,8]}}", 8), FormatError::ByteLengthMismatch { .. }));
-        assert!(matches!(p("{\"a\":{\"dtype\":\"F4\",\"shape\":[3],\"data_offsets\":[0,1]}}", 1), FormatError::SubByteMisaligned { .. }));
-        assert!(matches!(p("{\"a\":{\"dtype\":\"F32\",\"shape\":[4294967296,4294967296],\"data_offsets\":[0,4]}}", 4), FormatError::ShapeOverflow { .. }));
-        assert!(matches!(p("{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}", 3), FormatError::Truncated { .. }));
-        assert!(matches!(p("{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}", 5), FormatError::TrailingBytes { .. }));
-        assert!(matches!(p("{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4,5]}}", 4), FormatError::HeaderJson { .. }));
+        assert!(matches!(
+            p(
+                "{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]},\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,8]}}",
+                8
+            ),
+            FormatError::DuplicateTensor { .. }
+        ));
+        assert!(matches!(
+            p("{\"__metadata__\":{},\"__metadata__\":{}}", 0),
+            FormatError::ReservedName
+        ));
+        assert!(matches!(
+            p("{\"__metadata__\":{\"a\":1}}", 0),
+            FormatError::MetadataNotString { .. }
+        ));
+        assert!(matches!(
+            p("{\"__metadata__\":{\"a\":\"1\",\"a\":\"2\"}}", 0),
+            FormatError::DuplicateMetadataKey { .. }
+        ));
+        assert!(matches!(
+            p("{\"a\":{\"dtype\":\"F32\",\"shape\":[1]}}", 0),
+            FormatError::MissingField {
+                field: "data_offsets",
+                ..
+            }
+        ));
+        assert!(matches!(
+            p(
+                "{\"a\":{\"dtype\":\"F32\",\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}",
+                4
+            ),
+            FormatError::DuplicateField { .. }
+        ));
+        assert!(matches!(
+            p(
+                "{\"a\":{\"dtype\":\"X\",\"shape\":[1],\"data_offsets\":[0,4]}}",
+                4
+            ),
+            FormatError::UnknownDtype { .. }
+        ));
+        assert!(matches!(
+            p(
+                "{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,0]}}",
+                4
+            ),
+            FormatError::OffsetsInverted { .. }
+        ));
+        assert!(matches!(
+            p(
+                "{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,8]}}",
+                8
+            ),
+            FormatError::Hole { .. }
+        ));
+        assert!(matches!(
+            p(
+                "{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},\"b\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,8]}}",
+                8
+            ),
+            FormatError::Overlap { .. }
+        ));
+        assert!(matches!(
+            p(
+                "{\"a\":{\"dtype\":\"F32\",\"shape\":[3],\"data_offsets\":[0,8]}}",
+                8
+            ),
+            FormatError::ByteLengthMismatch { .. }
+        ));
+        assert!(matches!(
+            p(
+                "{\"a\":{\"dtype\":\"F4\",\"shape\":[3],\"data_offsets\":[0,1]}}",
+                1
+            ),
+            FormatError::SubByteMisaligned { .. }
+        ));
+        assert!(matches!(
+            p(
+                "{\"a\":{\"dtype\":\"F32\",\"shape\":[4294967296,4294967296],\"data_offsets\":[0,4]}}",
+                4
+            ),
+            FormatError::ShapeOverflow { .. }
+        ));
+        assert!(matches!(
+            p(
+                "{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}",
+                3
+            ),
+            FormatError::Truncated { .. }
+        ));
+        assert!(matches!(
+            p(
+                "{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}",
+                5
+            ),
+            FormatError::TrailingBytes { .. }
+        ));
+        assert!(matches!(
+            p(
+                "{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4,5]}}",
+                4
+            ),
+            FormatError::HeaderJson { .. }
+        ));
         assert!(matches!(p("{} x", 0), FormatError::HeaderJson { .. }));
         assert!(matches!(p("[]", 0), FormatError::HeaderJson { .. }));
-        assert!(matches!(Header::parse(&[1, 2, 3]), Err(FormatError::HeaderTooSmall { len: 3 })));
+        assert!(matches!(
+            Header::parse(&[1, 2, 3]),
+            Err(FormatError::HeaderTooSmall { len: 3 })
+        ));
         let mut huge = (MAX_HEADER_LEN + 1).to_le_bytes().to_vec();
         huge.extend_from_slice(b"{}");
-        assert!(matches!(Header::parse(&huge), Err(FormatError::HeaderTooLarge { .. })));
+        assert!(matches!(
+            Header::parse(&huge),
+            Err(FormatError::HeaderTooLarge { .. })
+        ));
         let mut past = 100u64.to_le_bytes().to_vec();
         past.extend_from_slice(b"{}");
-        assert!(matches!(Header::parse(&past), Err(FormatError::HeaderPastEnd { .. })));
+        assert!(matches!(
+            Header::parse(&past),
+            Err(FormatError::HeaderPastEnd { .. })
+        ));
         let mut bad = 3u64.to_le_bytes().to_vec();
         bad.extend_from_slice(b"{\xff}");
-        assert!(matches!(Header::parse(&bad), Err(FormatError::HeaderUtf8 { at: 1 })));
+        assert!(matches!(
+            Header::parse(&bad),
+            Err(FormatError::HeaderUtf8 { at: 1 })
+        ));
     }
 
     #[test]
@@ -446,6 +627,9 @@ mod tests {
         let h = Header::parse(&file(json, 0)).unwrap();
         assert_eq!(h.len(), 2);
         assert!(h.metadata().is_none());
-        assert_eq!(h.by_name().map(|t| t.name.as_str()).collect::<Vec<_>>(), ["e1", "e2"]);
+        assert_eq!(
+            h.by_name().map(|t| t.name.as_str()).collect::<Vec<_>>(),
+            ["e1", "e2"]
+        );
     }
 }

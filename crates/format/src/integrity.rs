@@ -60,10 +60,13 @@ pub fn checksum_hex(v: u64) -> String {
 
 fn parse_hex(s: &str, what: &str) -> Result<u64> {
     if s.len() != CHECKSUM_HEX_LEN || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(FormatError::BadIntegrity { reason: format!("{what}: `{s}` is not 16 hex digits") });
+        return Err(FormatError::BadIntegrity {
+            reason: format!("{what}: `{s}` is not 16 hex digits"),
+        });
     }
-    u64::from_str_radix(s, 16)
-        .map_err(|_| FormatError::BadIntegrity { reason: format!("{what}: `{s}` is not 16 hex digits") })
+    u64::from_str_radix(s, 16).map_err(|_| FormatError::BadIntegrity {
+        reason: format!("{what}: `{s}` is not 16 hex digits"),
+    })
 }
 
 /// Digest of everything in a header except the integrity document itself.
@@ -93,8 +96,11 @@ pub fn header_digest<'a>(
         num(&mut h, t.data_offsets.0);
         num(&mut h, t.data_offsets.1);
     }
-    let pairs: Vec<(&String, &String)> =
-        metadata.into_iter().flatten().filter(|(k, _)| k.as_str() != INTEGRITY_KEY).collect();
+    let pairs: Vec<(&String, &String)> = metadata
+        .into_iter()
+        .flatten()
+        .filter(|(k, _)| k.as_str() != INTEGRITY_KEY)
+        .collect();
     num(&mut h, pairs.len());
     for (k, v) in pairs {
         text(&mut h, k);
@@ -124,21 +130,32 @@ struct RawIntegrity {
 impl Integrity {
     /// Reads the integrity document of a header, if it has one.
     pub fn from_header(header: &Header) -> Result<Option<Integrity>> {
-        header.metadata_value(INTEGRITY_KEY).map(Integrity::parse).transpose()
+        header
+            .metadata_value(INTEGRITY_KEY)
+            .map(Integrity::parse)
+            .transpose()
     }
 
     /// Parses an integrity document.
     pub fn parse(value: &str) -> Result<Integrity> {
-        let raw: RawIntegrity = serde_json::from_str(value)
-            .map_err(|e| FormatError::BadIntegrity { reason: format!("not a valid document: {e}") })?;
+        let raw: RawIntegrity =
+            serde_json::from_str(value).map_err(|e| FormatError::BadIntegrity {
+                reason: format!("not a valid document: {e}"),
+            })?;
         if raw.version != INTEGRITY_VERSION {
             return Err(FormatError::BadIntegrity {
-                reason: format!("unsupported version {} (this build reads {INTEGRITY_VERSION})", raw.version),
+                reason: format!(
+                    "unsupported version {} (this build reads {INTEGRITY_VERSION})",
+                    raw.version
+                ),
             });
         }
         if raw.algorithm != CHECKSUM_ALGORITHM {
             return Err(FormatError::BadIntegrity {
-                reason: format!("unsupported algorithm `{}` (this build knows {CHECKSUM_ALGORITHM})", raw.algorithm),
+                reason: format!(
+                    "unsupported algorithm `{}` (this build knows {CHECKSUM_ALGORITHM})",
+                    raw.algorithm
+                ),
             });
         }
         let header = parse_hex(&raw.header, "header checksum")?;
@@ -188,7 +205,10 @@ mod tests {
             r#"{"version":1}"#,
             "nonsense",
         ] {
-            assert!(matches!(Integrity::parse(bad), Err(FormatError::BadIntegrity { .. })), "{bad}");
+            assert!(
+                matches!(Integrity::parse(bad), Err(FormatError::BadIntegrity { .. })),
+                "{bad}"
+            );
         }
     }
 }

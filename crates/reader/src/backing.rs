@@ -12,7 +12,10 @@ pub(crate) enum Backing {
     Mmap(Mmap),
     /// Owned bytes in a `u64` buffer so that the start is 8-aligned like a map; `len` is the
     /// byte length.
-    Owned { words: Vec<u64>, len: usize },
+    Owned {
+        words: Vec<u64>,
+        len: usize,
+    },
 }
 
 impl Backing {
@@ -34,7 +37,10 @@ impl Backing {
     pub(crate) fn owned(bytes: &[u8]) -> Backing {
         let mut words = vec![0u64; bytes.len().div_ceil(8)];
         bytemuck::cast_slice_mut::<u64, u8>(&mut words)[..bytes.len()].copy_from_slice(bytes);
-        Backing::Owned { words, len: bytes.len() }
+        Backing::Owned {
+            words,
+            len: bytes.len(),
+        }
     }
 
     pub(crate) fn bytes(&self) -> &[u8] {

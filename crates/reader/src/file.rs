@@ -117,12 +117,20 @@ impl Reader {
 
     fn from_backing(path: PathBuf, file: Option<File>, backing: Backing) -> Result<Reader> {
         let bytes = backing.bytes();
-        let fmt = |source| ReadError::Format { path: path.clone(), source };
+        let fmt = |source| ReadError::Format {
+            path: path.clone(),
+            source,
+        };
         let n = read_header_len(bytes, bytes.len() as u64).map_err(fmt)?;
         let json = &bytes[LEN_PREFIX..LEN_PREFIX + n];
         let header = Header::parse_json(json).map_err(fmt)?;
         header.check_file_len(bytes.len() as u64).map_err(fmt)?;
-        Ok(Reader { path, file, backing, header })
+        Ok(Reader {
+            path,
+            file,
+            backing,
+            header,
+        })
     }
 
     /// The file's path (or the name given to [`Reader::from_bytes`]).
@@ -183,7 +191,10 @@ impl Reader {
 
     /// The tensor called `name`, or an error naming the file and the tensor.
     pub fn tensor(&self, name: &str) -> Result<TensorView<'_>> {
-        self.get(name).ok_or_else(|| ReadError::TensorNotFound { path: self.path.clone(), name: name.to_string() })
+        self.get(name).ok_or_else(|| ReadError::TensorNotFound {
+            path: self.path.clone(),
+            name: name.to_string(),
+        })
     }
 
     /// Every tensor, in file order.
@@ -198,7 +209,8 @@ impl Reader {
 
     /// Hints the kernel about how the whole data section will be read.
     pub fn advise(&self, advice: Advice) {
-        self.backing.advise(advice, self.header.data_start(), self.header.data_len());
+        self.backing
+            .advise(advice, self.header.data_start(), self.header.data_len());
     }
 
     /// Asks the kernel to start reading these tensors' pages in the background
@@ -207,7 +219,8 @@ impl Reader {
         for name in names {
             let t = self.tensor(name)?;
             let (b, e) = t.info().data_offsets;
-            self.backing.advise(Advice::WillNeed, self.header.data_start() + b, e - b);
+            self.backing
+                .advise(Advice::WillNeed, self.header.data_start() + b, e - b);
         }
         Ok(())
     }

@@ -23,7 +23,12 @@
 //! println!("{} {:?} {} values, {} bytes of rows", w.dtype(), w.shape(), values.len(), first_rows.len());
 //! # Ok::<(), safeckpt_reader::ReadError>(())
 //! ```
-#![deny(missing_docs, unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
+#![deny(
+    missing_docs,
+    unsafe_op_in_unsafe_fn,
+    clippy::undocumented_unsafe_blocks,
+    clippy::missing_safety_doc
+)]
 
 mod backing;
 mod element;

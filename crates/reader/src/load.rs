@@ -97,7 +97,13 @@ pub fn alloc_zeroed<T: Element>(n: usize) -> Vec<T> {
             // SAFETY: [aligned, end) lies inside the vector's own allocation, which this function
             // owns and nobody else references yet. MADV_HUGEPAGE only changes how the kernel backs
             // the range, never its contents, so the zeroed invariant holds.
-            let _ = unsafe { libc::madvise(aligned as *mut libc::c_void, end - aligned, libc::MADV_HUGEPAGE) };
+            let _ = unsafe {
+                libc::madvise(
+                    aligned as *mut libc::c_void,
+                    end - aligned,
+                    libc::MADV_HUGEPAGE,
+                )
+            };
         }
     }
     v
@@ -139,16 +145,20 @@ impl Reader {
             LoadMethod::Auto | LoadMethod::Pread => self.file(),
         };
         let base = (self.header().data_start() + view.info().data_offsets.0) as u64;
-        dst.par_chunks_mut(COPY_CHUNK).enumerate().try_for_each(|(i, chunk)| {
-            let off = i * COPY_CHUNK;
-            match file {
-                Some(f) => f.read_exact_at(chunk, base + off as u64).map_err(|e| ReadError::io(self.path(), e)),
-                None => {
-                    chunk.copy_from_slice(&src[off..off + chunk.len()]);
-                    Ok(())
+        dst.par_chunks_mut(COPY_CHUNK)
+            .enumerate()
+            .try_for_each(|(i, chunk)| {
+                let off = i * COPY_CHUNK;
+                match file {
+                    Some(f) => f
+                        .read_exact_at(chunk, base + off as u64)
+                        .map_err(|e| ReadError::io(self.path(), e)),
+                    None => {
+                        chunk.copy_from_slice(&src[off..off + chunk.len()]);
+                        Ok(())
+                    }
                 }
-            }
-        })?;
+            })?;
         if cfg!(target_endian = "big") {
             swap_bytes_in_place(dst, T::SWAP_UNIT);
         }
@@ -174,12 +184,22 @@ impl Reader {
             Dtype::I64 => OwnedData::I64(self.load_view(v, m)?),
             Dtype::F64 => OwnedData::F64(self.load_view(v, m)?),
             Dtype::C64 => OwnedData::C64(self.load_view(v, m)?),
-            Dtype::U8 | Dtype::BOOL | Dtype::F8_E5M2 | Dtype::F8_E4M3 | Dtype::F8_E8M0 | Dtype::F8_E4M3FNUZ
+            Dtype::U8
+            | Dtype::BOOL
+            | Dtype::F8_E5M2
+            | Dtype::F8_E4M3
+            | Dtype::F8_E8M0
+            | Dtype::F8_E4M3FNUZ
             | Dtype::F8_E5M2FNUZ => OwnedData::U8(self.load_view(v, m)?),
             // Sub-byte types have no element type: their packed bytes, as stored.
             _ => OwnedData::U8(v.data().to_vec()),
         };
-        Ok(OwnedTensor { name: v.name().to_string(), dtype: v.dtype(), shape: v.shape().to_vec(), data })
+        Ok(OwnedTensor {
+            name: v.name().to_string(),
+            dtype: v.dtype(),
+            shape: v.shape().to_vec(),
+            data,
+        })
     }
 
     /// Copies every tensor into owned vectors, in parallel, in file order.
@@ -193,6 +213,9 @@ impl Reader {
             self.advise(Advice::WillNeed);
         }
         let views: Vec<TensorView<'_>> = self.tensors().collect();
-        views.into_par_iter().map(|v| self.load_owned_view(v, method)).collect()
+        views
+            .into_par_iter()
+            .map(|v| self.load_owned_view(v, method))
+            .collect()
     }
 }

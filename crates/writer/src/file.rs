@@ -31,7 +31,10 @@ pub struct WriteSummary {
 }
 
 fn fmt_err(path: &Path) -> impl Fn(safeckpt_format::FormatError) -> WriteError + '_ {
-    move |source| WriteError::Format { path: path.to_path_buf(), source }
+    move |source| WriteError::Format {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// Plans a file, checking that every source's byte length agrees with its dtype and shape.
@@ -41,8 +44,10 @@ pub(crate) fn plan<S: TensorSource>(
     metadata: Option<Metadata>,
     opts: &WriteOptions,
 ) -> Result<Layout> {
-    let specs: Vec<TensorSpec> =
-        tensors.iter().map(|(n, s)| TensorSpec::new(n.as_ref(), s.dtype(), s.shape().to_vec())).collect();
+    let specs: Vec<TensorSpec> = tensors
+        .iter()
+        .map(|(n, s)| TensorSpec::new(n.as_ref(), s.dtype(), s.shape().to_vec()))
+        .collect();
     for (spec, (_, src)) in specs.iter().zip(tensors) {
         let expected = spec.byte_len().map_err(fmt_err(path))?;
         let actual = src.data_len();
@@ -77,7 +82,8 @@ pub(crate) fn write_hashed(
         if hash {
             h.update(chunk);
         }
-        file.write_all_at(chunk, off).map_err(|e| WriteError::io(path, e))?;
+        file.write_all_at(chunk, off)
+            .map_err(|e| WriteError::io(path, e))?;
         off += chunk.len() as u64;
         progress(chunk.len() as u64);
     }
@@ -129,7 +135,8 @@ pub(crate) fn stage<S: TensorSource>(
     let layout = plan(path, tensors, metadata, opts)?;
     let tmp = AtomicFile::create(path, opts.overwrite)?;
     let file = tmp.file();
-    file.set_len(layout.total_len()).map_err(|e| WriteError::io(tmp.temp_path(), e))?;
+    file.set_len(layout.total_len())
+        .map_err(|e| WriteError::io(tmp.temp_path(), e))?;
     let hash = layout.has_checksums();
     let sums: Vec<u64> = layout
         .tensors()
@@ -147,11 +154,19 @@ pub(crate) fn stage<S: TensorSource>(
                     actual: data.len(),
                 });
             }
-            write_hashed(file, tmp.temp_path(), layout.file_range(pos).start, &data, hash, progress)
+            write_hashed(
+                file,
+                tmp.temp_path(),
+                layout.file_range(pos).start,
+                &data,
+                hash,
+                progress,
+            )
         })
         .collect::<Result<_>>()?;
     let header = layout.finished_header(&sums);
-    file.write_all_at(&header, 0).map_err(|e| WriteError::io(tmp.temp_path(), e))?;
+    file.write_all_at(&header, 0)
+        .map_err(|e| WriteError::io(tmp.temp_path(), e))?;
     let summary = WriteSummary {
         path: path.to_path_buf(),
         tensors: layout.tensors().len(),
@@ -190,7 +205,9 @@ impl StreamWriter {
         let path = path.as_ref();
         let layout = Layout::plan(specs, metadata, &opts.layout()).map_err(fmt_err(path))?;
         let tmp = AtomicFile::create(path, opts.overwrite)?;
-        tmp.file().set_len(layout.total_len()).map_err(|e| WriteError::io(tmp.temp_path(), e))?;
+        tmp.file()
+            .set_len(layout.total_len())
+            .map_err(|e| WriteError::io(tmp.temp_path(), e))?;
         let n = layout.tensors().len();
         Ok(StreamWriter {
             path: path.to_path_buf(),
@@ -218,9 +235,15 @@ impl StreamWriter {
         let pos = self
             .layout
             .position(name)
-            .ok_or_else(|| WriteError::UnknownTensor { path: self.path.clone(), name: name.to_string() })?;
+            .ok_or_else(|| WriteError::UnknownTensor {
+                path: self.path.clone(),
+                name: name.to_string(),
+            })?;
         if self.started[pos].swap(true, Ordering::AcqRel) {
-            return Err(WriteError::WrittenTwice { path: self.path.clone(), name: name.to_string() });
+            return Err(WriteError::WrittenTwice {
+                path: self.path.clone(),
+                name: name.to_string(),
+            });
         }
         Ok(pos)
     }
@@ -238,8 +261,15 @@ impl StreamWriter {
             }));
         }
         let start = self.layout.file_range(pos).start;
-        let sum = write_hashed(self.tmp.file(), self.tmp.temp_path(), start, data, self.layout.has_checksums(), &|_| {})
-            .map_err(|e| self.fail(e))?;
+        let sum = write_hashed(
+            self.tmp.file(),
+            self.tmp.temp_path(),
+            start,
+            data,
+            self.layout.has_checksums(),
+            &|_| {},
+        )
+        .map_err(|e| self.fail(e))?;
         self.sums[pos].store(sum, Ordering::Release);
         self.done[pos].store(true, Ordering::Release);
         Ok(())
@@ -249,7 +279,13 @@ impl StreamWriter {
     pub fn begin(&self, name: &str) -> Result<TensorWriter<'_>> {
         let pos = self.claim(name)?;
         let range = self.layout.file_range(pos);
-        Ok(TensorWriter { parent: self, pos, next: range.start, end: range.end, hash: Checksummer::new() })
+        Ok(TensorWriter {
+            parent: self,
+            pos,
+            next: range.start,
+            end: range.end,
+            hash: Checksummer::new(),
+        })
     }
 
     fn fail(&self, e: WriteError) -> WriteError {
@@ -262,9 +298,14 @@ impl StreamWriter {
     /// tensor was not written completely.
     pub fn finish(self) -> Result<WriteSummary> {
         if let Some(msg) = self.failed.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            return Err(WriteError::Invalid(format!("{}: an earlier write failed: {msg}", self.path.display())));
+            return Err(WriteError::Invalid(format!(
+                "{}: an earlier write failed: {msg}",
+                self.path.display()
+            )));
         }
-        let missing: Vec<usize> = (0..self.done.len()).filter(|&i| !self.done[i].load(Ordering::Acquire)).collect();
+        let missing: Vec<usize> = (0..self.done.len())
+            .filter(|&i| !self.done[i].load(Ordering::Acquire))
+            .collect();
         if let Some(&first) = missing.first() {
             return Err(WriteError::Incomplete {
                 path: self.path.clone(),
@@ -272,9 +313,16 @@ impl StreamWriter {
                 example: self.layout.tensors()[first].info.name.clone(),
             });
         }
-        let sums: Vec<u64> = self.sums.iter().map(|s| s.load(Ordering::Acquire)).collect();
+        let sums: Vec<u64> = self
+            .sums
+            .iter()
+            .map(|s| s.load(Ordering::Acquire))
+            .collect();
         let header = self.layout.finished_header(&sums);
-        self.tmp.file().write_all_at(&header, 0).map_err(|e| WriteError::io(self.tmp.temp_path(), e))?;
+        self.tmp
+            .file()
+            .write_all_at(&header, 0)
+            .map_err(|e| WriteError::io(self.tmp.temp_path(), e))?;
         self.tmp.commit(self.opts.fsync)?;
         Ok(WriteSummary {
             path: self.path,
@@ -311,7 +359,10 @@ impl TensorWriter<'_> {
         if p.layout.has_checksums() {
             self.hash.update(piece);
         }
-        p.tmp.file().write_all_at(piece, self.next).map_err(|e| p.fail(WriteError::io(p.tmp.temp_path(), e)))?;
+        p.tmp
+            .file()
+            .write_all_at(piece, self.next)
+            .map_err(|e| p.fail(WriteError::io(p.tmp.temp_path(), e)))?;
         self.next += piece.len() as u64;
         Ok(())
     }
@@ -328,7 +379,11 @@ impl TensorWriter<'_> {
                 actual: (self.next - p.layout.file_range(self.pos).start) as usize,
             }));
         }
-        let sum = if p.layout.has_checksums() { self.hash.finish() } else { 0 };
+        let sum = if p.layout.has_checksums() {
+            self.hash.finish()
+        } else {
+            0
+        };
         p.sums[self.pos].store(sum, Ordering::Release);
         p.done[self.pos].store(true, Ordering::Release);
         Ok(())

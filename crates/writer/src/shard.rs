@@ -44,9 +44,13 @@ pub fn plan_shards(sizes: &[u64], max: u64) -> Vec<Vec<usize>> {
 /// Parses a size such as `2GB` (decimal, as HuggingFace reads it), `500MiB`, `1.5GB` or `4096`.
 pub fn parse_size(s: &str) -> Result<u64> {
     let t = s.trim();
-    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let value: f64 = num.parse().map_err(|_| WriteError::Invalid(format!("invalid size `{s}`")))?;
+    let value: f64 = num
+        .parse()
+        .map_err(|_| WriteError::Invalid(format!("invalid size `{s}`")))?;
     let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1.0,
         "kb" | "k" => 1e3,
@@ -57,7 +61,11 @@ pub fn parse_size(s: &str) -> Result<u64> {
         "mib" => 1024.0 * 1024.0,
         "gib" => 1024.0 * 1024.0 * 1024.0,
         "tib" => 1024.0f64.powi(4),
-        other => return Err(WriteError::Invalid(format!("invalid size unit `{other}` in `{s}`"))),
+        other => {
+            return Err(WriteError::Invalid(format!(
+                "invalid size unit `{other}` in `{s}`"
+            )));
+        }
     };
     let bytes = value * mult;
     if !bytes.is_finite() || bytes < 1.0 || bytes > u64::MAX as f64 {
@@ -84,7 +92,9 @@ pub fn write_sharded<S: TensorSource>(
 ) -> Result<ShardedSummary> {
     let dir = dir.as_ref();
     if max_shard_size == 0 {
-        return Err(WriteError::Invalid("the maximum shard size must be positive".into()));
+        return Err(WriteError::Invalid(
+            "the maximum shard size must be positive".into(),
+        ));
     }
     std::fs::create_dir_all(dir).map_err(|e| WriteError::io(dir, e))?;
     let sizes: Vec<u64> = tensors.iter().map(|(_, s)| s.data_len() as u64).collect();
@@ -93,7 +103,10 @@ pub fn write_sharded<S: TensorSource>(
         let path = dir.join(format!("{prefix}.safetensors"));
         let staged = stage(&path, tensors, metadata, opts, progress)?;
         staged.tmp.commit(opts.fsync)?;
-        return Ok(ShardedSummary { index: None, shards: vec![staged.summary] });
+        return Ok(ShardedSummary {
+            index: None,
+            shards: vec![staged.summary],
+        });
     }
     let index_path = dir.join(if prefix == "model" {
         DEFAULT_INDEX_NAME.to_string()
@@ -109,7 +122,10 @@ pub fn write_sharded<S: TensorSource>(
         .enumerate()
         .map(|(k, group)| {
             let path = dir.join(shard_file_name(prefix, k + 1, n));
-            let part: Vec<(&str, &S)> = group.iter().map(|&i| (tensors[i].0.as_ref(), &tensors[i].1)).collect();
+            let part: Vec<(&str, &S)> = group
+                .iter()
+                .map(|&i| (tensors[i].0.as_ref(), &tensors[i].1))
+                .collect();
             stage(&path, &part, metadata.clone(), opts, progress)
         })
         .collect::<Result<_>>()?;
@@ -131,7 +147,10 @@ pub fn write_sharded<S: TensorSource>(
     }
     let index = ShardIndex::new(weight_map, sizes.iter().sum());
     write_atomic(&index_path, index.to_json().as_bytes(), opts.fsync)?;
-    Ok(ShardedSummary { index: Some(index_path), shards: summaries })
+    Ok(ShardedSummary {
+        index: Some(index_path),
+        shards: summaries,
+    })
 }
 
 #[cfg(test)]
@@ -140,7 +159,10 @@ mod tests {
 
     #[test]
     fn shard_plan_is_greedy_in_order() {
-        assert_eq!(plan_shards(&[4, 4, 4, 10, 1], 8), vec![vec![0, 1], vec![2], vec![3], vec![4]]);
+        assert_eq!(
+            plan_shards(&[4, 4, 4, 10, 1], 8),
+            vec![vec![0, 1], vec![2], vec![3], vec![4]]
+        );
         assert_eq!(plan_shards(&[], 8), vec![Vec::<usize>::new()]);
         assert_eq!(plan_shards(&[1, 2, 3], 100), vec![vec![0, 1, 2]]);
     }
