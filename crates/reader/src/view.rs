@@ -316,3 +316,18 @@ pub(crate) fn strides(shape: &[usize]) -> Vec<usize> {
     }
     s
 }
+
+impl safeckpt_format::TensorSource for TensorView<'_> {
+    fn dtype(&self) -> Dtype {
+        self.info.dtype
+    }
+    fn shape(&self) -> &[usize] {
+        &self.info.shape
+    }
+    fn data(&self) -> Cow<'_, [u8]> {
+        Cow::Borrowed(self.data)
+    }
+    fn data_len(&self) -> usize {
+        self.data.len()
+    }
+}

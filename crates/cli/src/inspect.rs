@@ -1,0 +1,222 @@
+//! `safeckpt inspect`: what a file or sharded set holds, from the headers alone.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::Result;
+use safeckpt_format::{INTEGRITY_KEY, Integrity, Metadata};
+use safeckpt_reader::ShardedReader;
+use serde_json::{Value, json};
+
+use crate::util::{human_bytes, natural_cmp, thousands};
+
+/// One row of the tensor table.
+struct Row<'a> {
+    name: &'a str,
+    dtype: &'static str,
+    shape: &'a [usize],
+    bytes: u64,
+    offset: u64,
+    shard: Option<String>,
+}
+
+/// Renders the report for a safetensors file or index.
+pub fn inspect_safetensors(path: &Path, as_json: bool) -> Result<String> {
+    let set = ShardedReader::open(path)?;
+    let sharded = set.index().is_some();
+    let mut rows: Vec<Row<'_>> = Vec::with_capacity(set.len());
+    let mut header_bytes = 0u64;
+    let mut file_bytes = 0u64;
+    for shard in set.shards() {
+        let h = shard.header();
+        header_bytes += h.data_start() as u64;
+        file_bytes += h.total_len();
+        let shard_name = sharded.then(|| {
+            shard
+                .path()
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned()
+        });
+        for t in h.tensors() {
+            rows.push(Row {
+                name: &t.name,
+                dtype: t.dtype.as_str(),
+                shape: &t.shape,
+                bytes: t.byte_len() as u64,
+                offset: t.data_offsets.0 as u64,
+                shard: shard_name.clone(),
+            });
+        }
+    }
+    rows.sort_by(|a, b| natural_cmp(a.name, b.name));
+    let params: u64 = set.tensors().map(|t| t.numel() as u64).sum();
+    let data_bytes = set.data_len();
+    let metadata: Metadata = set
+        .shards()
+        .first()
+        .and_then(|s| s.metadata().cloned())
+        .unwrap_or_default();
+    let checksummed = set
+        .shards()
+        .iter()
+        .filter(|s| s.metadata().is_some_and(|m| m.contains_key(INTEGRITY_KEY)))
+        .count();
+    let mut by_dtype: BTreeMap<&str, (u64, u64, usize)> = BTreeMap::new();
+    for t in set.tensors() {
+        let e = by_dtype.entry(t.dtype().as_str()).or_default();
+        e.0 += t.numel() as u64;
+        e.1 += t.data().len() as u64;
+        e.2 += 1;
+    }
+
+    if as_json {
+        let tensors: Vec<Value> = rows
+            .iter()
+            .map(|r| {
+                let mut v = json!({"name": r.name, "dtype": r.dtype, "shape": r.shape, "bytes": r.bytes,
+                                   "data_offsets": [r.offset, r.offset + r.bytes]});
+                if let Some(s) = &r.shard {
+                    v["shard"] = json!(s);
+                }
+                v
+            })
+            .collect();
+        let mut doc = json!({
+            "path": path.display().to_string(),
+            "format": if sharded { "safetensors-sharded" } else { "safetensors" },
+            "tensors": tensors,
+            "tensor_count": rows.len(),
+            "parameters": params,
+            "data_bytes": data_bytes,
+            "header_bytes": header_bytes,
+            "file_bytes": file_bytes,
+            "metadata": metadata,
+            "checksums": checksummed == set.shards().len() && !set.shards().is_empty(),
+        });
+        if let Some(index) = set.index() {
+            doc["shards"] = json!(index.shards());
+            doc["index_metadata"] = Value::Object(index.metadata.clone());
+        }
+        return Ok(serde_json::to_string_pretty(&doc)? + "\n");
+    }
+
+    let mut out = String::new();
+    let kind = match set.index() {
+        Some(i) => format!("sharded safetensors, {} shards", i.shards().len()),
+        None => "safetensors".to_string(),
+    };
+    writeln!(out, "{}  ({kind})", path.display())?;
+    writeln!(
+        out,
+        "{} tensors, {} parameters, {} of data, {} of headers, {} on disk",
+        thousands(rows.len() as u64),
+        thousands(params),
+        human_bytes(data_bytes),
+        human_bytes(header_bytes),
+        human_bytes(file_bytes)
+    )?;
+    let checks = if set.shards().is_empty() || checksummed == 0 {
+        "none recorded (structure validated)".to_string()
+    } else if checksummed == set.shards().len() {
+        "xxh3-64 per tensor and header (run `safeckpt verify` to check)".to_string()
+    } else {
+        format!("recorded in {checksummed} of {} shards", set.shards().len())
+    };
+    writeln!(out, "checksums: {checks}")?;
+    if !metadata.is_empty() {
+        writeln!(out, "\nmetadata:")?;
+        for (k, v) in &metadata {
+            let shown = if sharded && k == INTEGRITY_KEY {
+                "xxh3-64 checksums, recorded in each shard".to_string()
+            } else {
+                describe_metadata(k, v)
+            };
+            writeln!(out, "  {k}: {shown}")?;
+        }
+    }
+    if !rows.is_empty() {
+        writeln!(out)?;
+        let shapes: Vec<String> = rows
+            .iter()
+            .map(|r| {
+                format!(
+                    "[{}]",
+                    r.shape
+                        .iter()
+                        .map(|d| d.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            })
+            .collect();
+        let sizes: Vec<String> = rows.iter().map(|r| human_bytes(r.bytes)).collect();
+        let w_name = rows
+            .iter()
+            .map(|r| r.name.chars().count())
+            .max()
+            .unwrap_or(0)
+            .max(4);
+        let w_dtype = rows.iter().map(|r| r.dtype.len()).max().unwrap_or(0).max(5);
+        let w_shape = shapes.iter().map(String::len).max().unwrap_or(0).max(5);
+        let w_size = sizes.iter().map(String::len).max().unwrap_or(0).max(4);
+        let mut head = format!(
+            "{:<w_name$}  {:<w_dtype$}  {:<w_shape$}  {:>w_size$}  {:>12}",
+            "NAME", "DTYPE", "SHAPE", "SIZE", "OFFSET"
+        );
+        if sharded {
+            head.push_str("  SHARD");
+        }
+        writeln!(out, "{}", head.trim_end())?;
+        for ((r, shape), size) in rows.iter().zip(&shapes).zip(&sizes) {
+            let pad = w_name - r.name.chars().count();
+            let mut line = format!(
+                "{}{}  {:<w_dtype$}  {:<w_shape$}  {:>w_size$}  {:>12}",
+                r.name,
+                " ".repeat(pad),
+                r.dtype,
+                shape,
+                size,
+                r.offset
+            );
+            if let Some(s) = &r.shard {
+                line.push_str("  ");
+                line.push_str(s);
+            }
+            writeln!(out, "{line}")?;
+        }
+        writeln!(out, "\nby dtype:")?;
+        for (d, (n, b, count)) in &by_dtype {
+            writeln!(
+                out,
+                "  {d:<11} {:>6} tensors  {:>16} parameters  {:>10}",
+                count,
+                thousands(*n),
+                human_bytes(*b)
+            )?;
+        }
+    }
+    Ok(out)
+}
+
+/// A metadata value for display: integrity records summarised, long values shortened.
+fn describe_metadata(key: &str, value: &str) -> String {
+    if key == INTEGRITY_KEY {
+        return match Integrity::parse(value) {
+            Ok(i) => format!(
+                "xxh3-64 checksums for {} tensors and the header",
+                i.tensors.len()
+            ),
+            Err(e) => format!("(unreadable: {e})"),
+        };
+    }
+    let one_line = value.replace('\n', "\\n");
+    if one_line.chars().count() > 100 {
+        let cut: String = one_line.chars().take(97).collect();
+        format!("{cut}... ({} bytes)", value.len())
+    } else {
+        one_line
+    }
+}

@@ -1,0 +1,161 @@
+//! `safeckpt`: inspect, verify, shard, merge and convert tensor checkpoints.
+#![forbid(unsafe_code)]
+#![allow(
+    unreachable_pub,
+    reason = "a binary: nothing is exported, modules share items with `pub`"
+)]
+
+mod demo;
+mod inspect;
+mod reshard;
+mod util;
+mod verify;
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use safeckpt_writer::WriteOptions;
+
+use crate::util::{EXIT_OK, exit_code};
+
+/// Safe, fast tensor checkpoints in the standard safetensors format.
+#[derive(Parser, Debug)]
+#[command(name = "safeckpt", version, about, long_about = None, arg_required_else_help = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Show the tensors, dtypes, shapes, sizes and metadata of a file or sharded set (reads only
+    /// the headers).
+    Inspect {
+        /// A `.safetensors` file or a `*.safetensors.index.json`.
+        path: PathBuf,
+        /// Machine-readable JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Validate the structure and every checksum. Exit 0 when sound, 1 when a checksum fails,
+    /// 2 when the file is malformed.
+    Verify {
+        /// A `.safetensors` file or a `*.safetensors.index.json`.
+        path: PathBuf,
+        /// Machine-readable JSON.
+        #[arg(long)]
+        json: bool,
+        /// Print nothing on success.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Split a file (or re-split a set) into shards with a HuggingFace index.
+    Shard {
+        /// A `.safetensors` file or a `*.safetensors.index.json`.
+        input: PathBuf,
+        /// Largest shard, e.g. `2GB` (10^9 bytes, as HuggingFace counts) or `500MiB`.
+        #[arg(long, default_value = "5GB")]
+        max_shard_size: String,
+        /// Output directory.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Shard file prefix: `<prefix>-00001-of-0000N.safetensors`.
+        #[arg(long, default_value = "model")]
+        prefix: String,
+        #[command(flatten)]
+        write: WriteArgs,
+    },
+    /// Join a sharded set into one file.
+    Merge {
+        /// The `*.safetensors.index.json`.
+        index: PathBuf,
+        /// Output file.
+        #[arg(short, long)]
+        output: PathBuf,
+        #[command(flatten)]
+        write: WriteArgs,
+    },
+    /// Run the engine end to end on a bundled model and print what it did.
+    Demo {
+        /// Keep the files in this directory (default: a temporary directory, removed after).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+struct WriteArgs {
+    /// Replace existing output files.
+    #[arg(long)]
+    force: bool,
+    /// Do not record checksums (output then matches the reference writer byte for byte).
+    #[arg(long)]
+    no_checksums: bool,
+    /// Skip fsync (the rename stays atomic, but a power loss may lose the file).
+    #[arg(long)]
+    no_fsync: bool,
+    /// Print nothing on success.
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+impl WriteArgs {
+    fn options(&self) -> WriteOptions {
+        WriteOptions::new()
+            .overwrite(self.force)
+            .checksums(!self.no_checksums)
+            .fsync(!self.no_fsync)
+    }
+}
+
+fn run(cli: Cli) -> Result<i32> {
+    match cli.command {
+        Command::Inspect { path, json } => {
+            print!("{}", inspect::inspect_safetensors(&path, json)?);
+            Ok(EXIT_OK)
+        }
+        Command::Verify { path, json, quiet } => verify::verify(&path, json, quiet),
+        Command::Shard {
+            input,
+            max_shard_size,
+            output,
+            prefix,
+            write,
+        } => {
+            reshard::shard(
+                &input,
+                &max_shard_size,
+                &output,
+                &prefix,
+                &write.options(),
+                write.quiet,
+            )?;
+            Ok(EXIT_OK)
+        }
+        Command::Merge {
+            index,
+            output,
+            write,
+        } => {
+            reshard::merge(&index, &output, &write.options(), write.quiet)?;
+            Ok(EXIT_OK)
+        }
+        Command::Demo { dir } => {
+            demo::run(dir.as_deref())?;
+            Ok(EXIT_OK)
+        }
+    }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let code = match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            exit_code(&e)
+        }
+    };
+    std::process::exit(code);
+}
