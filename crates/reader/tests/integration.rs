@@ -1,0 +1,8 @@
+//! Integration tests for safeckpt-reader.
+
+mod common;
+mod interop;
+mod malformed;
+mod sharded;
+mod verify;
+mod views;
