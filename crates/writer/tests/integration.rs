@@ -1,0 +1,9 @@
+//! Integration tests for safeckpt-writer.
+
+mod atomicity;
+mod common;
+mod golden;
+mod python;
+mod round_trip;
+mod sharding;
+mod streaming;

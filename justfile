@@ -1,0 +1,40 @@
+# safeckpt task runner (https://github.com/casey/just). `just --list` shows every recipe.
+
+# The checks CI runs, plus lints and docs.
+default: fmt clippy test doc
+
+# Format the workspace.
+fmt:
+    cargo fmt --all
+
+# Lints, warnings as errors.
+clippy:
+    cargo clippy --workspace --all-targets -- -D warnings
+
+# The test suite (the README's test command).
+test:
+    cargo test --workspace
+
+# API docs, warnings as errors.
+doc:
+    RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
+
+# Re-bless golden outputs after an intended change.
+bless:
+    SAFECKPT_BLESS=1 cargo test --workspace
+
+# What CI runs.
+ci:
+    .ci/run
+
+# Benchmarks against the peers (see docs/benchmarks.md). Needs ~6 GiB free in $TMPDIR.
+bench *ARGS:
+    cargo run --release -p safeckpt-benches -- {{ARGS}}
+
+# Fuzz one target for SECONDS (needs `cargo install cargo-fuzz` and the nightly toolchain).
+fuzz TARGET="header" SECONDS="60":
+    cd fuzz && cargo +nightly fuzz run {{TARGET}} -- -max_total_time={{SECONDS}} -rss_limit_mb=2048
+
+# Build every fuzz target (what CI-like checks need at least).
+fuzz-build:
+    cd fuzz && cargo +nightly fuzz build
