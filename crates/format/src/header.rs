@@ -52,7 +52,8 @@ impl TensorInfo {
 pub struct Header {
     header_len: usize,
     tensors: Vec<TensorInfo>,
-    by_name: Vec<u32>,
+    /// (hash of name, position), sorted: the name lookup table.
+    by_name: Vec<(u64, u32)>,
     metadata: Option<Metadata>,
     data_len: usize,
 }
@@ -117,7 +118,8 @@ impl Header {
             at: e.valid_up_to(),
         })?;
         let mut c = Cursor::new(text);
-        let mut tensors: Vec<TensorInfo> = Vec::new();
+        // About 80 header bytes per tensor in practice; a good first capacity saves regrowth.
+        let mut tensors: Vec<TensorInfo> = Vec::with_capacity(json.len() / 80);
         let mut metadata: Option<Metadata> = None;
         let mut seen_metadata = false;
         if !c.open(b'{', b'}')? {
@@ -141,29 +143,37 @@ impl Header {
         if !c.at_end() {
             return c.err("trailing characters after the header object");
         }
-        // Names first: a duplicate would otherwise surface as a confusing overlap.
-        let mut by_name: Vec<u32> = (0..tensors.len() as u32).collect();
-        let name_of = |i: u32| tensors.get(i as usize).map_or("", |t| t.name.as_str());
-        by_name.sort_unstable_by(|&a, &b| name_of(a).cmp(name_of(b)));
-        for w in by_name.windows(2) {
-            if let [a, b] = *w {
-                if name_of(a) == name_of(b) {
-                    return Err(FormatError::DuplicateTensor {
-                        tensor: name_of(a).to_string(),
-                    });
-                }
+        // Names first: a duplicate would otherwise surface as a confusing overlap. The index is
+        // sorted by a hash of the name (fast to sort; names share long prefixes); equal hashes
+        // are resolved by comparing the names themselves.
+        let by_hash = name_index(&tensors);
+        let name_of = |i: usize| tensors.get(i).map_or("", |t| t.name.as_str());
+        for run in by_hash.chunk_by(|a, b| a.0 == b.0).filter(|r| r.len() > 1) {
+            let mut names: Vec<&str> = run.iter().map(|e| name_of(e.1 as usize)).collect();
+            names.sort_unstable();
+            if let Some(w) = names.windows(2).find(|w| w.first() == w.get(1)) {
+                return Err(FormatError::DuplicateTensor {
+                    tensor: w.first().copied().unwrap_or("").to_string(),
+                });
             }
         }
-        // Offset order; the sort is stable so zero-length tensors keep their JSON order.
-        let mut order: Vec<u32> = (0..tensors.len() as u32).collect();
-        let offs = |i: u32| tensors.get(i as usize).map_or((0, 0), |t| t.data_offsets);
-        order.sort_by_key(|&i| offs(i));
+        // Offset order. Writers nearly always emit tensors in that order already, and then
+        // nothing moves. The sort is stable so zero-length tensors keep their JSON order.
+        let offs = |i: usize| tensors.get(i).map_or((0, 0), |t| t.data_offsets);
+        let sorted = (1..tensors.len()).all(|i| offs(i - 1) <= offs(i));
+        let order: Option<Vec<u32>> = (!sorted).then(|| {
+            let mut o: Vec<u32> = (0..tensors.len() as u32).collect();
+            o.sort_by_key(|&i| offs(i as usize));
+            o
+        });
         let mut expected = 0usize;
-        let mut previous: Option<u32> = None;
-        for &i in &order {
-            let Some(t) = tensors.get(i as usize) else {
-                continue;
-            };
+        let mut previous: Option<usize> = None;
+        for r in 0..tensors.len() {
+            let i = order
+                .as_ref()
+                .and_then(|o| o.get(r))
+                .map_or(r, |&i| i as usize);
+            let Some(t) = tensors.get(i) else { continue };
             let (begin, end) = t.data_offsets;
             if end < begin {
                 return Err(FormatError::OffsetsInverted {
@@ -191,21 +201,18 @@ impl Header {
             expected = end;
             previous = Some(i);
         }
-        // Reorder into offset order and remap the name index.
-        let mut rank = vec![0u32; tensors.len()];
-        for (r, &i) in order.iter().enumerate() {
-            if let Some(slot) = rank.get_mut(i as usize) {
-                *slot = r as u32;
+        let (tensors, by_name) = match order {
+            None => (tensors, by_hash),
+            Some(order) => {
+                let mut slots: Vec<Option<TensorInfo>> = tensors.into_iter().map(Some).collect();
+                let tensors: Vec<TensorInfo> = order
+                    .iter()
+                    .filter_map(|&i| slots.get_mut(i as usize).and_then(Option::take))
+                    .collect();
+                let by_name = name_index(&tensors);
+                (tensors, by_name)
             }
-        }
-        for i in &mut by_name {
-            *i = rank.get(*i as usize).copied().unwrap_or(0);
-        }
-        let mut slots: Vec<Option<TensorInfo>> = tensors.into_iter().map(Some).collect();
-        let tensors: Vec<TensorInfo> = order
-            .iter()
-            .filter_map(|&i| slots.get_mut(i as usize).and_then(Option::take))
-            .collect();
+        };
         Ok(Header {
             header_len: json.len(),
             tensors,
@@ -270,16 +277,14 @@ impl Header {
 
     /// Position (in [`Header::tensors`]) of the tensor called `name`.
     pub fn position(&self, name: &str) -> Option<usize> {
-        let found = self.by_name.binary_search_by(|&i| {
-            self.tensors
-                .get(i as usize)
-                .map_or("", |t| t.name.as_str())
-                .cmp(name)
-        });
-        found
-            .ok()
-            .and_then(|k| self.by_name.get(k))
-            .map(|&i| i as usize)
+        let h = name_hash(name);
+        let first = self.by_name.partition_point(|e| e.0 < h);
+        self.by_name
+            .iter()
+            .skip(first)
+            .take_while(|e| e.0 == h)
+            .map(|e| e.1 as usize)
+            .find(|&i| self.tensors.get(i).is_some_and(|t| t.name == name))
     }
 
     /// The tensor called `name`.
@@ -287,13 +292,12 @@ impl Header {
         self.position(name).and_then(|i| self.tensors.get(i))
     }
 
-    /// Tensors in name order (bytewise), as Python's `safe_open(...).keys()` lists them.
-    #[allow(
-        clippy::indexing_slicing,
-        reason = "by_name holds positions of `tensors` by construction"
-    )]
-    pub fn by_name(&self) -> impl ExactSizeIterator<Item = &TensorInfo> + '_ {
-        self.by_name.iter().map(|&i| &self.tensors[i as usize])
+    /// Tensors in name order (bytewise), as Python's `safe_open(...).keys()` lists them. Sorts on
+    /// each call.
+    pub fn by_name(&self) -> Vec<&TensorInfo> {
+        let mut v: Vec<&TensorInfo> = self.tensors.iter().collect();
+        v.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+        v
     }
 
     /// The `__metadata__` map, if the header has one (`null` reads as `None`).
@@ -308,6 +312,21 @@ impl Header {
             .and_then(|m| m.get(key))
             .map(String::as_str)
     }
+}
+
+fn name_hash(name: &str) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(name.as_bytes())
+}
+
+/// (hash, position) for every tensor, sorted.
+fn name_index(tensors: &[TensorInfo]) -> Vec<(u64, u32)> {
+    let mut v: Vec<(u64, u32)> = tensors
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (name_hash(&t.name), i as u32))
+        .collect();
+    v.sort_unstable();
+    v
 }
 
 fn check_byte_len(t: &TensorInfo, actual: usize) -> Result<()> {
@@ -365,7 +384,60 @@ fn parse_metadata(c: &mut Cursor<'_>) -> Result<Option<Metadata>> {
     }
 }
 
+/// The canonical entry every mainstream writer emits, `{"dtype":"F32","shape":[2,3],
+/// "data_offsets":[0,24]}` with no whitespace, parsed by matching its literal parts. Anything else
+/// (other field order, whitespace, unknown fields, any error) returns `None` with the cursor where
+/// it was, and the general parser takes over and reports errors precisely.
+fn parse_canonical_tensor(c: &mut Cursor<'_>) -> Option<(Dtype, Vec<usize>, (usize, usize))> {
+    let start = c.pos();
+    let t = (|| {
+        if !c.eat(b"{\"dtype\":\"") {
+            return None;
+        }
+        let dtype = Dtype::from_name(c.until_quote(12)?)?;
+        if !c.eat(b",\"shape\":[") {
+            return None;
+        }
+        let mut shape = Vec::new();
+        if !c.eat(b"]") {
+            loop {
+                shape.push(usize::try_from(c.uint().ok()?).ok()?);
+                if c.eat(b"]") {
+                    break;
+                }
+                if !c.eat(b",") {
+                    return None;
+                }
+            }
+        }
+        if !c.eat(b",\"data_offsets\":[") {
+            return None;
+        }
+        let begin = usize::try_from(c.uint().ok()?).ok()?;
+        if !c.eat(b",") {
+            return None;
+        }
+        let end = usize::try_from(c.uint().ok()?).ok()?;
+        if !c.eat(b"]}") {
+            return None;
+        }
+        Some((dtype, shape, (begin, end)))
+    })();
+    if t.is_none() {
+        c.rewind(start);
+    }
+    t
+}
+
 fn parse_tensor(c: &mut Cursor<'_>, name: String) -> Result<TensorInfo> {
+    if let Some((dtype, shape, data_offsets)) = parse_canonical_tensor(c) {
+        return Ok(TensorInfo {
+            name,
+            dtype,
+            shape,
+            data_offsets,
+        });
+    }
     let mut dtype: Option<Dtype> = None;
     let mut shape: Option<Vec<usize>> = None;
     let mut offsets: Option<(usize, usize)> = None;
@@ -628,7 +700,10 @@ mod tests {
         assert_eq!(h.len(), 2);
         assert!(h.metadata().is_none());
         assert_eq!(
-            h.by_name().map(|t| t.name.as_str()).collect::<Vec<_>>(),
+            h.by_name()
+                .iter()
+                .map(|t| t.name.as_str())
+                .collect::<Vec<_>>(),
             ["e1", "e2"]
         );
     }

@@ -110,19 +110,22 @@ impl<'a> Cursor<'a> {
     pub(crate) fn string(&mut self) -> Result<Cow<'a, str>> {
         self.expect(b'"')?;
         let start = self.pos;
-        // Fast path: no escapes.
-        loop {
-            match self.peek_byte() {
-                None => return self.err("unterminated string"),
-                Some(b'"') => {
-                    let s = self.slice_str(start, self.pos)?;
-                    self.pos += 1;
-                    return Ok(Cow::Borrowed(s));
-                }
-                Some(b'\\') => break,
-                Some(b) if b < 0x20 => return self.err("control character in string"),
-                Some(_) => self.pos += 1,
-            }
+        // Fast path: find the closing quote or the first escape with memchr, then check the run
+        // for raw control characters (a loop the compiler vectorises).
+        let rest = self.bytes.get(start..).unwrap_or_default();
+        let Some(k) = memchr::memchr2(b'"', b'\\', rest) else {
+            return self.err("unterminated string");
+        };
+        let run = rest.get(..k).unwrap_or_default();
+        if let Some(bad) = run.iter().position(|&b| b < 0x20) {
+            self.pos = start + bad;
+            return self.err("control character in string");
+        }
+        self.pos = start + k;
+        if rest.get(k) == Some(&b'"') {
+            let s = self.slice_str(start, self.pos)?;
+            self.pos += 1;
+            return Ok(Cow::Borrowed(s));
         }
         let mut out = String::from(self.slice_str(start, self.pos)?);
         loop {
@@ -160,12 +163,11 @@ impl<'a> Cursor<'a> {
                 Some(b) if b < 0x20 => return self.err("control character in string"),
                 Some(_) => {
                     let run = self.pos;
-                    while let Some(b) = self.peek_byte() {
-                        if b == b'"' || b == b'\\' || b < 0x20 {
-                            break;
-                        }
-                        self.pos += 1;
-                    }
+                    let rest = self.bytes.get(run..).unwrap_or_default();
+                    let k = memchr::memchr2(b'"', b'\\', rest).unwrap_or(rest.len());
+                    let span = rest.get(..k).unwrap_or_default();
+                    let k = span.iter().position(|&b| b < 0x20).unwrap_or(k);
+                    self.pos = run + k;
                     out.push_str(self.slice_str(run, self.pos)?);
                 }
             }
@@ -263,6 +265,40 @@ impl<'a> Cursor<'a> {
             Some(b'0'..=b'9') => self.err("integer with a leading zero"),
             _ => Ok(v),
         }
+    }
+
+    /// Consumes `lit` if the input continues with exactly it (no whitespace skipped).
+    pub(crate) fn eat(&mut self, lit: &[u8]) -> bool {
+        if self.bytes.get(self.pos..self.pos + lit.len()) == Some(lit) {
+            self.pos += lit.len();
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Current byte offset.
+    pub(crate) fn pos(&self) -> usize {
+        self.pos
+    }
+
+    /// Moves back to a position returned by [`Cursor::pos`].
+    pub(crate) fn rewind(&mut self, pos: usize) {
+        self.pos = pos;
+    }
+
+    /// The text up to the next `"` if it comes within `max` bytes and holds no escape or control
+    /// character; the cursor then moves past the quote.
+    pub(crate) fn until_quote(&mut self, max: usize) -> Option<&'a str> {
+        let rest = self.bytes.get(self.pos..)?;
+        let k = rest.iter().take(max).position(|&b| b == b'"')?;
+        let run = rest.get(..k)?;
+        if run.iter().any(|&b| b == b'\\' || b < 0x20) {
+            return None;
+        }
+        let s = self.text.get(self.pos..self.pos + k)?;
+        self.pos += k + 1;
+        Some(s)
     }
 
     /// Whether the next token is `null` (consumed if so).

@@ -203,8 +203,12 @@ impl Reader {
     }
 
     /// Tensor names in bytewise order.
-    pub fn names(&self) -> impl ExactSizeIterator<Item = &str> + '_ {
-        self.header.by_name().map(|t| t.name.as_str())
+    pub fn names(&self) -> Vec<&str> {
+        self.header
+            .by_name()
+            .into_iter()
+            .map(|t| t.name.as_str())
+            .collect()
     }
 
     /// Hints the kernel about how the whole data section will be read.

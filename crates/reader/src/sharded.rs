@@ -39,7 +39,10 @@ impl ShardedReader {
             Self::open_index(path, opts)
         } else {
             let reader = Reader::open_with(path, opts)?;
-            let routing = reader.names().map(|n| (n.to_string(), 0)).collect();
+            let routing = reader
+                .tensors()
+                .map(|t| (t.name().to_string(), 0))
+                .collect();
             Ok(ShardedReader {
                 path: path.to_path_buf(),
                 index: None,
@@ -101,7 +104,7 @@ impl ShardedReader {
         let mut routing: HashMap<String, usize> = HashMap::with_capacity(index.weight_map.len());
         for (i, reader) in shards.iter().enumerate() {
             let shard = shard_names[i];
-            for name in reader.names() {
+            for name in reader.tensors().map(|t| t.name()) {
                 match index.weight_map.get(name) {
                     None => {
                         return Err(err(format!(
