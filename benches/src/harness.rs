@@ -43,6 +43,15 @@ pub(crate) fn interleaved(
         .iter()
         .zip(times)
         .map(|(c, mut t)| {
+            if std::env::var_os("SAFECKPT_BENCH_VERBOSE").is_some() {
+                eprintln!(
+                    "{}: {:?}",
+                    c.name,
+                    t.iter()
+                        .map(|d| format!("{:.3}", d.as_secs_f64()))
+                        .collect::<Vec<_>>()
+                );
+            }
             t.sort();
             (c.name, t[t.len() / 2], t[0])
         })
@@ -124,4 +133,16 @@ pub(crate) fn machine() -> String {
 /// Flushes dirty pages so one case's writeback does not slow the next.
 pub(crate) fn sync_all() {
     let _ = std::process::Command::new("sync").status();
+}
+
+/// Touches and frees `bytes` of memory. On virtual machines whose free memory is handed back to
+/// the host (free page reporting, ballooning), the first use of a page costs a host-side fault;
+/// without this, whichever case happens to run on recently returned memory looks several times
+/// slower, and the noise swamps the comparison.
+pub(crate) fn warm_memory(bytes: usize) {
+    let mut v = vec![0u8; bytes];
+    for i in (0..bytes).step_by(4096) {
+        v[i] = 1;
+    }
+    std::hint::black_box(&v);
 }

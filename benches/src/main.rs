@@ -29,7 +29,7 @@ struct Cli {
     rounds: usize,
 }
 
-#[derive(Subcommand, Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Subcommand, Debug, Clone, PartialEq, Eq)]
 enum Scenario {
     /// Save a state dict: raw write_all, the safetensors crate, safeckpt (with checksums).
     Save,
@@ -43,10 +43,21 @@ enum Scenario {
     Load,
     /// Every scenario above.
     All,
+    /// Internal: one load in this fresh process; prints the seconds it took.
+    #[command(hide = true)]
+    LoadChild {
+        /// `candle` or `safeckpt`.
+        case: String,
+        /// The file.
+        path: std::path::PathBuf,
+    },
 }
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
+    if let Scenario::LoadChild { case, path } = &cli.scenario {
+        return scenarios::load_child(case, path);
+    }
     println!(
         "# safeckpt-bench: {} MiB state dict, {} rounds, {} threads",
         cli.size_mib,
@@ -61,7 +72,7 @@ fn main() -> Result<()> {
             Scenario::Open => scenarios::open(cli.rounds.max(50)),
             Scenario::Read => scenarios::read(cli.size_mib, cli.rounds),
             Scenario::Load => scenarios::load(cli.size_mib, cli.rounds),
-            Scenario::All => unreachable!(),
+            Scenario::All | Scenario::LoadChild { .. } => unreachable!(),
         }
     };
     if cli.scenario == Scenario::All {
@@ -75,7 +86,7 @@ fn main() -> Result<()> {
             run(s)?;
         }
     } else {
-        run(cli.scenario)?;
+        run(cli.scenario.clone())?;
     }
     Ok(())
 }

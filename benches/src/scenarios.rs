@@ -3,11 +3,12 @@
 use std::fs::File;
 use std::io::Write;
 use std::path::Path;
+use std::time::Duration;
 
 use anyhow::Result;
 use candle_core::safetensors::Load;
 use safeckpt_format::Header;
-use safeckpt_reader::{LoadMethod, Reader};
+use safeckpt_reader::{LoadMethod, LoadOptions, Reader};
 use safeckpt_writer::{WriteOptions, write_file};
 
 use crate::harness::{case, interleaved, report, sync_all, timed};
@@ -19,9 +20,12 @@ fn scratch() -> Result<tempfile::TempDir> {
         .tempdir()?)
 }
 
+/// Deletes a case's output and flushes, then warms the memory the next case's page cache will
+/// use (see `harness::warm_memory`), so every case starts from the same state.
 fn remove(p: &Path) {
     let _ = std::fs::remove_file(p);
     sync_all();
+    crate::harness::warm_memory(1536 << 20);
 }
 
 /// A sum that vectorises (eight independent lanes), shared by every read case.
@@ -55,6 +59,22 @@ pub(crate) fn save(size_mib: usize, rounds: usize, fsync: bool) -> Result<()> {
             let (t, r) = timed(|| -> std::io::Result<()> {
                 let mut f = File::create(&p)?;
                 f.write_all(&flat)?;
+                if fsync {
+                    f.sync_all()?;
+                }
+                Ok(())
+            });
+            r.unwrap();
+            remove(&p);
+            t
+        }),
+        case("raw write_all, file pre-sized", || {
+            let (t, r) = timed(|| -> std::io::Result<()> {
+                let mut f = File::create(&p)?;
+                f.set_len(flat.len() as u64)?;
+                for piece in flat.chunks(1 << 20) {
+                    f.write_all(piece)?;
+                }
                 if fsync {
                     f.sync_all()?;
                 }
@@ -238,31 +258,53 @@ pub(crate) fn load(size_mib: usize, rounds: usize) -> Result<()> {
             drop(v);
             t
         }),
-        case("safeckpt load_all (pread, huge pages, parallel)", || {
+        case("safeckpt load_all (pread, parallel)", || {
             let (t, v) = timed(|| Reader::open(&p).unwrap().load_all().unwrap());
             drop(v);
             t
         }),
-        case(
-            "safeckpt load_all (mmap copy, huge pages, parallel)",
-            || {
-                let (t, v) = timed(|| {
-                    Reader::open(&p)
-                        .unwrap()
-                        .load_all_with(LoadMethod::Mmap)
-                        .unwrap()
-                });
-                drop(v);
-                t
-            },
-        ),
-        case("safeckpt load_all (pread, huge pages, 1 thread)", || {
+        case("safeckpt load_all (pread, huge pages, parallel)", || {
+            let opts = LoadOptions {
+                method: LoadMethod::Pread,
+                huge_pages: true,
+            };
+            let (t, v) = timed(|| Reader::open(&p).unwrap().load_all_with(&opts).unwrap());
+            drop(v);
+            t
+        }),
+        case("safeckpt load_all (pread, 1 thread)", || {
             let (t, v) =
                 timed(|| one_thread.install(|| Reader::open(&p).unwrap().load_all().unwrap()));
             drop(v);
             t
         }),
     ];
+    let child = |which: &'static str| {
+        let exe = std::env::current_exe().unwrap();
+        let p = p.clone();
+        move || {
+            let out = std::process::Command::new(&exe)
+                .args(["load-child", which])
+                .arg(&p)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            Duration::from_secs_f64(String::from_utf8_lossy(&out.stdout).trim().parse().unwrap())
+        }
+    };
+    cases.push(case(
+        "candle MmapedSafetensors path, fresh process",
+        child("candle"),
+    ));
+    cases.push(case("safeckpt load_all, fresh process", child("safeckpt")));
+    cases.push(case(
+        "safeckpt load_all (huge pages), fresh process",
+        child("safeckpt-huge"),
+    ));
     let results = interleaved(rounds, &mut cases);
     report(
         &format!(
@@ -273,5 +315,35 @@ pub(crate) fn load(size_mib: usize, rounds: usize) -> Result<()> {
         &results,
         "candle MmapedSafetensors path (deserialize + Load::load per tensor)",
     );
+    Ok(())
+}
+
+/// One load in a fresh process (no memory reused from earlier rounds); prints seconds.
+pub(crate) fn load_child(which: &str, p: &Path) -> Result<()> {
+    let (t, n) = match which {
+        "candle" => timed(|| {
+            let r = Reader::open(p).unwrap();
+            let st = safetensors::SafeTensors::deserialize(r.bytes()).unwrap();
+            // Keep every tensor alive, as a real load does (dropping each one would let the
+            // allocator hand its memory to the next).
+            let all: Vec<_> = st
+                .tensors()
+                .iter()
+                .map(|(_, v)| v.load(&candle_core::Device::Cpu).unwrap())
+                .collect();
+            all.len()
+        }),
+        "safeckpt" => timed(|| Reader::open(p).unwrap().load_all().unwrap().len()),
+        "safeckpt-huge" => timed(|| {
+            let opts = LoadOptions {
+                method: LoadMethod::Pread,
+                huge_pages: true,
+            };
+            Reader::open(p).unwrap().load_all_with(&opts).unwrap().len()
+        }),
+        other => anyhow::bail!("unknown case {other}"),
+    };
+    std::hint::black_box(n);
+    println!("{}", t.as_secs_f64());
     Ok(())
 }

@@ -42,7 +42,7 @@ mod view;
 pub use element::{Element, swap_bytes_in_place};
 pub use error::{ReadError, Result};
 pub use file::{ReadOptions, Reader};
-pub use load::{LoadMethod, OwnedData, OwnedTensor, alloc_zeroed};
+pub use load::{LoadMethod, LoadOptions, OwnedData, OwnedTensor, alloc_zeroed};
 pub use memmap2::Advice;
 pub use safeckpt_format as format;
 pub use sharded::ShardedReader;

@@ -83,12 +83,13 @@ pub struct OwnedTensor {
     pub data: OwnedData,
 }
 
-/// A zeroed vector of `n` elements whose pages are backed by transparent huge pages where the
-/// kernel allows it, so that filling it costs one page fault per 2 MiB instead of per 4 KiB.
-pub fn alloc_zeroed<T: Element>(n: usize) -> Vec<T> {
+/// A zeroed vector of `n` elements. With `huge_pages`, its pages are backed by transparent huge
+/// pages where the kernel allows it, so that filling it costs one page fault per 2 MiB instead of
+/// per 4 KiB.
+pub fn alloc_zeroed<T: Element>(n: usize, huge_pages: bool) -> Vec<T> {
     let v: Vec<T> = bytemuck::zeroed_vec(n);
     let bytes = std::mem::size_of_val(v.as_slice());
-    if bytes >= HUGE_PAGE_MIN && cfg!(target_os = "linux") {
+    if huge_pages && bytes >= HUGE_PAGE_MIN && cfg!(target_os = "linux") {
         let page = crate::backing::page_size();
         let start = v.as_ptr() as usize;
         let aligned = start.next_multiple_of(page);
@@ -109,6 +110,24 @@ pub fn alloc_zeroed<T: Element>(n: usize) -> Vec<T> {
     v
 }
 
+/// Options for owned loads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// How bytes are moved.
+    pub method: LoadMethod,
+    /// Ask for transparent huge pages for large destination buffers (see [`alloc_zeroed`]).
+    pub huge_pages: bool,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            method: LoadMethod::Auto,
+            huge_pages: false,
+        }
+    }
+}
+
 /// How [`Reader::load_all_with`] moves bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum LoadMethod {
@@ -126,10 +145,10 @@ impl Reader {
     /// Copies one tensor into an owned vector (huge-page backed, filled in parallel).
     pub fn load_vec<T: Element>(&self, name: &str) -> Result<Vec<T>> {
         let view = self.tensor(name)?;
-        self.load_view(view, LoadMethod::Auto)
+        self.load_view(view, &LoadOptions::default())
     }
 
-    fn load_view<T: Element>(&self, view: TensorView<'_>, method: LoadMethod) -> Result<Vec<T>> {
+    fn load_view<T: Element>(&self, view: TensorView<'_>, opts: &LoadOptions) -> Result<Vec<T>> {
         if !T::accepts(view.dtype()) {
             return Err(ReadError::DtypeMismatch {
                 tensor: view.name().to_string(),
@@ -138,9 +157,9 @@ impl Reader {
             });
         }
         let src = view.data();
-        let mut out = alloc_zeroed::<T>(src.len() / std::mem::size_of::<T>());
+        let mut out = alloc_zeroed::<T>(src.len() / std::mem::size_of::<T>(), opts.huge_pages);
         let dst: &mut [u8] = bytemuck::cast_slice_mut(&mut out);
-        let file = match method {
+        let file = match opts.method {
             LoadMethod::Mmap => None,
             LoadMethod::Auto | LoadMethod::Pread => self.file(),
         };
@@ -167,10 +186,10 @@ impl Reader {
 
     /// Copies one tensor into the owned vector type matching its dtype.
     pub fn load_owned(&self, name: &str) -> Result<OwnedTensor> {
-        self.load_owned_view(self.tensor(name)?, LoadMethod::Auto)
+        self.load_owned_view(self.tensor(name)?, &LoadOptions::default())
     }
 
-    fn load_owned_view(&self, v: TensorView<'_>, m: LoadMethod) -> Result<OwnedTensor> {
+    fn load_owned_view(&self, v: TensorView<'_>, m: &LoadOptions) -> Result<OwnedTensor> {
         let data = match v.dtype() {
             Dtype::I8 => OwnedData::I8(self.load_view(v, m)?),
             Dtype::U16 => OwnedData::U16(self.load_view(v, m)?),
@@ -204,18 +223,18 @@ impl Reader {
 
     /// Copies every tensor into owned vectors, in parallel, in file order.
     pub fn load_all(&self) -> Result<Vec<OwnedTensor>> {
-        self.load_all_with(LoadMethod::Auto)
+        self.load_all_with(&LoadOptions::default())
     }
 
-    /// [`Reader::load_all`] with an explicit copy method.
-    pub fn load_all_with(&self, method: LoadMethod) -> Result<Vec<OwnedTensor>> {
-        if method != LoadMethod::Pread {
+    /// [`Reader::load_all`] with explicit options.
+    pub fn load_all_with(&self, opts: &LoadOptions) -> Result<Vec<OwnedTensor>> {
+        if opts.method != LoadMethod::Pread {
             self.advise(Advice::WillNeed);
         }
         let views: Vec<TensorView<'_>> = self.tensors().collect();
         views
             .into_par_iter()
-            .map(|v| self.load_owned_view(v, method))
+            .map(|v| self.load_owned_view(v, opts))
             .collect()
     }
 }

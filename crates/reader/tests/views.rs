@@ -5,7 +5,7 @@ use std::borrow::Cow;
 use half::bf16;
 use proptest::prelude::*;
 use safeckpt_format::Dtype;
-use safeckpt_reader::{LoadMethod, OwnedData, ReadError, Reader, swap_bytes_in_place};
+use safeckpt_reader::{LoadMethod, LoadOptions, OwnedData, ReadError, Reader, swap_bytes_in_place};
 
 use crate::common::{f32_bytes, raw_file, write};
 
@@ -131,14 +131,14 @@ fn narrow_rows_are_contiguous_and_columns_are_runs() {
         Err(ReadError::InvalidSlice { .. })
     ));
     assert!(matches!(
-        m.slice(&[0..4]),
+        m.slice(&[0..4, 0..1, 0..1]),
         Err(ReadError::InvalidSlice { .. })
     ));
     assert!(matches!(
-        m.slice(&[2..1]),
+        m.slice(&[std::ops::Range { start: 2, end: 1 }, 0..4]),
         Err(ReadError::InvalidSlice { .. })
     ));
-    assert_eq!(m.slice(&[1..1]).unwrap().byte_len(), 0);
+    assert_eq!(m.slice(&[1..1, 0..4]).unwrap().byte_len(), 0);
 }
 
 #[test]
@@ -226,8 +226,14 @@ fn owned_loads_match_the_views_by_every_method() {
         None,
     );
     let r = Reader::open(&path).unwrap();
-    for method in [LoadMethod::Auto, LoadMethod::Mmap, LoadMethod::Pread] {
-        let all = r.load_all_with(method).unwrap();
+    for (method, huge_pages) in [
+        (LoadMethod::Auto, false),
+        (LoadMethod::Mmap, true),
+        (LoadMethod::Pread, true),
+    ] {
+        let all = r
+            .load_all_with(&LoadOptions { method, huge_pages })
+            .unwrap();
         assert_eq!(all.len(), 4);
         for t in &all {
             assert_eq!(
