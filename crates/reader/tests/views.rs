@@ -168,7 +168,7 @@ fn sub_byte_slices_must_fall_on_bytes() {
 fn naive(values: &[u32], shape: &[usize], ranges: &[std::ops::Range<usize>]) -> Vec<u32> {
     let mut out = Vec::new();
     let total: usize = shape.iter().product();
-    for flat in 0..total {
+    for (flat, &value) in values.iter().enumerate().take(total) {
         let mut rem = flat;
         let mut inside = true;
         for (d, &size) in shape.iter().enumerate().rev() {
@@ -179,7 +179,7 @@ fn naive(values: &[u32], shape: &[usize], ranges: &[std::ops::Range<usize>]) -> 
             }
         }
         if inside {
-            out.push(values[flat]);
+            out.push(value);
         }
     }
     out
