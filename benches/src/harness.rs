@@ -9,10 +9,7 @@ pub(crate) struct Case<'a> {
 }
 
 pub(crate) fn case<'a>(name: &'static str, run: impl FnMut() -> Duration + 'a) -> Case<'a> {
-    Case {
-        name,
-        run: Box::new(run),
-    }
+    Case { name, run: Box::new(run) }
 }
 
 /// Times `f` alone.
@@ -24,10 +21,7 @@ pub(crate) fn timed<T>(f: impl FnOnce() -> T) -> (Duration, T) {
 
 /// Runs every case `rounds` times, rotating the order each round; one warm-up round first.
 /// Returns (name, median, min) per case.
-pub(crate) fn interleaved(
-    rounds: usize,
-    cases: &mut [Case<'_>],
-) -> Vec<(&'static str, Duration, Duration)> {
+pub(crate) fn interleaved(rounds: usize, cases: &mut [Case<'_>]) -> Vec<(&'static str, Duration, Duration)> {
     let n = cases.len();
     let mut times: Vec<Vec<Duration>> = vec![Vec::new(); n];
     for c in cases.iter_mut() {
@@ -44,13 +38,7 @@ pub(crate) fn interleaved(
         .zip(times)
         .map(|(c, mut t)| {
             if std::env::var_os("SAFECKPT_BENCH_VERBOSE").is_some() {
-                eprintln!(
-                    "{}: {:?}",
-                    c.name,
-                    t.iter()
-                        .map(|d| format!("{:.3}", d.as_secs_f64()))
-                        .collect::<Vec<_>>()
-                );
+                eprintln!("{}: {:?}", c.name, t.iter().map(|d| format!("{:.3}", d.as_secs_f64())).collect::<Vec<_>>());
             }
             t.sort();
             (c.name, t[t.len() / 2], t[0])
@@ -59,43 +47,21 @@ pub(crate) fn interleaved(
 }
 
 /// Prints a markdown table with each case's median, min, throughput and ratio to `baseline`.
-pub(crate) fn report(
-    title: &str,
-    bytes: u64,
-    results: &[(&'static str, Duration, Duration)],
-    baseline: &str,
-) {
-    let base = results
-        .iter()
-        .find(|r| r.0 == baseline)
-        .map(|r| r.1.as_secs_f64())
-        .unwrap_or(f64::NAN);
+pub(crate) fn report(title: &str, bytes: u64, results: &[(&'static str, Duration, Duration)], baseline: &str) {
+    let base = results.iter().find(|r| r.0 == baseline).map(|r| r.1.as_secs_f64()).unwrap_or(f64::NAN);
     println!("\n## {title}\n");
     println!("| case | median | min | throughput | time vs `{baseline}` |");
     println!("|---|---:|---:|---:|---:|");
     for (name, med, min) in results {
         let s = med.as_secs_f64();
-        let tp = if bytes > 0 {
-            format!("{:.2} GiB/s", bytes as f64 / s / (1u64 << 30) as f64)
-        } else {
-            "-".into()
-        };
-        println!(
-            "| {name} | {} | {} | {tp} | {:.3}x |",
-            fmt(*med),
-            fmt(*min),
-            s / base
-        );
+        let tp = if bytes > 0 { format!("{:.2} GiB/s", bytes as f64 / s / (1u64 << 30) as f64) } else { "-".into() };
+        println!("| {name} | {} | {} | {tp} | {:.3}x |", fmt(*med), fmt(*min), s / base);
     }
 }
 
 fn fmt(d: Duration) -> String {
     let s = d.as_secs_f64();
-    if s >= 0.1 {
-        format!("{s:.3} s")
-    } else {
-        format!("{:.3} ms", s * 1e3)
-    }
+    if s >= 0.1 { format!("{s:.3} s") } else { format!("{:.3} ms", s * 1e3) }
 }
 
 /// One line describing the machine.
@@ -110,21 +76,11 @@ pub(crate) fn machine() -> String {
         .unwrap_or_default();
     let mem = std::fs::read_to_string("/proc/meminfo")
         .ok()
-        .and_then(|s| {
-            s.lines().next().map(|l| {
-                l.split_whitespace()
-                    .nth(1)
-                    .unwrap_or("0")
-                    .parse::<u64>()
-                    .unwrap_or(0)
-            })
-        })
+        .and_then(|s| s.lines().next().map(|l| l.split_whitespace().nth(1).unwrap_or("0").parse::<u64>().unwrap_or(0)))
         .unwrap_or(0);
     format!(
         "{} cores ({cpu}), {:.0} GiB RAM, {}",
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1),
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         mem as f64 / (1 << 20) as f64,
         std::env::temp_dir().display()
     )

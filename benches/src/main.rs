@@ -76,13 +76,7 @@ fn main() -> Result<()> {
         }
     };
     if cli.scenario == Scenario::All {
-        for s in [
-            Scenario::Open,
-            Scenario::Save,
-            Scenario::SaveFsync,
-            Scenario::Read,
-            Scenario::Load,
-        ] {
+        for s in [Scenario::Open, Scenario::Save, Scenario::SaveFsync, Scenario::Read, Scenario::Load] {
             run(s)?;
         }
     } else {

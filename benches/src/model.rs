@@ -12,10 +12,8 @@ impl StateDict {
     pub(crate) fn transformer(size_mib: usize) -> StateDict {
         let d = 1024usize;
         let vocab = 32000usize;
-        let mut shapes: Vec<(String, Vec<usize>)> = vec![
-            ("wte.weight".into(), vec![vocab, d]),
-            ("wpe.weight".into(), vec![2048, d]),
-        ];
+        let mut shapes: Vec<(String, Vec<usize>)> =
+            vec![("wte.weight".into(), vec![vocab, d]), ("wpe.weight".into(), vec![2048, d])];
         let budget = size_mib << 20;
         let per_layer = 4 * (d * 3 * d + d * d + 2 * d * 4 * d);
         let mut used: usize = 4 * (vocab * d + 2048 * d);
@@ -63,13 +61,7 @@ impl StateDict {
     /// `n` tiny tensors with realistic names (for header parsing).
     pub(crate) fn many_small(n: usize) -> StateDict {
         let tensors = (0..n)
-            .map(|i| {
-                (
-                    format!("model.layers.{}.block.{}.weight", i / 16, i % 16),
-                    vec![2, 2],
-                    vec![0u8; 16],
-                )
-            })
+            .map(|i| (format!("model.layers.{}.block.{}.weight", i / 16, i % 16), vec![2, 2], vec![0u8; 16]))
             .collect();
         StateDict { tensors }
     }
@@ -79,21 +71,14 @@ impl StateDict {
     }
 
     pub(crate) fn raw(&self) -> Vec<(&str, RawTensor<'_>)> {
-        self.tensors
-            .iter()
-            .map(|(n, s, b)| (n.as_str(), RawTensor::borrowed(Dtype::F32, s.clone(), b)))
-            .collect()
+        self.tensors.iter().map(|(n, s, b)| (n.as_str(), RawTensor::borrowed(Dtype::F32, s.clone(), b))).collect()
     }
 
     pub(crate) fn st_views(&self) -> Vec<(&str, safetensors::tensor::TensorView<'_>)> {
         self.tensors
             .iter()
             .map(|(n, s, b)| {
-                (
-                    n.as_str(),
-                    safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
-                        .unwrap(),
-                )
+                (n.as_str(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b).unwrap())
             })
             .collect()
     }

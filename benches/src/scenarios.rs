@@ -15,9 +15,7 @@ use crate::harness::{case, interleaved, report, sync_all, timed};
 use crate::model::StateDict;
 
 fn scratch() -> Result<tempfile::TempDir> {
-    Ok(tempfile::Builder::new()
-        .prefix("safeckpt-bench-")
-        .tempdir()?)
+    Ok(tempfile::Builder::new().prefix("safeckpt-bench-").tempdir()?)
 }
 
 /// Deletes a case's output and flushes, then warms the memory the next case's page cache will
@@ -45,11 +43,7 @@ fn sum(v: &[f32]) -> f32 {
 pub(crate) fn save(size_mib: usize, rounds: usize, fsync: bool) -> Result<()> {
     let sd = StateDict::transformer(size_mib);
     let bytes = sd.bytes();
-    let flat: Vec<u8> = sd
-        .tensors
-        .iter()
-        .flat_map(|t| t.2.iter().copied())
-        .collect();
+    let flat: Vec<u8> = sd.tensors.iter().flat_map(|t| t.2.iter().copied()).collect();
     let dir = scratch()?;
     let p = dir.path().join("out.safetensors");
     let raw = sd.raw();
@@ -104,14 +98,7 @@ pub(crate) fn save(size_mib: usize, rounds: usize, fsync: bool) -> Result<()> {
             t
         }),
         case("safeckpt write_file (no checksums)", || {
-            let (t, r) = timed(|| {
-                write_file(
-                    &p,
-                    &raw,
-                    None,
-                    &WriteOptions::new().fsync(fsync).checksums(false),
-                )
-            });
+            let (t, r) = timed(|| write_file(&p, &raw, None, &WriteOptions::new().fsync(fsync).checksums(false)));
             r.unwrap();
             remove(&p);
             t
@@ -122,11 +109,7 @@ pub(crate) fn save(size_mib: usize, rounds: usize, fsync: bool) -> Result<()> {
         "save {} tensors, {:.2} GiB f32{}",
         sd.tensors.len(),
         bytes as f64 / (1u64 << 30) as f64,
-        if fsync {
-            ", fsync on (the crate: + fsync of file and directory)"
-        } else {
-            ", no fsync"
-        }
+        if fsync { ", fsync on (the crate: + fsync of file and directory)" } else { ", no fsync" }
     );
     report(&title, bytes, &results, "raw write_all");
     Ok(())
@@ -140,22 +123,16 @@ pub(crate) fn open(rounds: usize) -> Result<()> {
     safetensors::serialize_to_file(sd.st_views(), None, &plain)?;
     let ours = dir.path().join("checksummed.safetensors");
     write_file(&ours, &sd.raw(), None, &WriteOptions::new().fsync(false))?;
-    for (label, path) in [
-        ("written by the safetensors crate", &plain),
-        ("written by safeckpt, with checksums", &ours),
-    ] {
+    for (label, path) in [("written by the safetensors crate", &plain), ("written by safeckpt, with checksums", &ours)]
+    {
         let reader = Reader::open(path)?;
         let map: &[u8] = reader.bytes();
         let mut cases = vec![
-            case(
-                "safetensors crate SafeTensors::deserialize (same map)",
-                || {
-                    let (t, r) =
-                        timed(|| safetensors::SafeTensors::deserialize(map).map(|s| s.len()));
-                    assert_eq!(r.unwrap(), 10_000);
-                    t
-                },
-            ),
+            case("safetensors crate SafeTensors::deserialize (same map)", || {
+                let (t, r) = timed(|| safetensors::SafeTensors::deserialize(map).map(|s| s.len()));
+                assert_eq!(r.unwrap(), 10_000);
+                t
+            }),
             case("safeckpt Header::parse (same map)", || {
                 let (t, r) = timed(|| Header::parse(map).map(|h| h.len()));
                 assert_eq!(r.unwrap(), 10_000);
@@ -200,9 +177,7 @@ pub(crate) fn read(size_mib: usize, rounds: usize) -> Result<()> {
         case("safeckpt typed views (&[f32] per tensor)", || {
             let (t, s) = timed(|| {
                 let r = Reader::open(&p).unwrap();
-                r.tensors()
-                    .map(|v| sum(v.as_slice::<f32>().unwrap()))
-                    .sum::<f32>()
+                r.tensors().map(|v| sum(v.as_slice::<f32>().unwrap())).sum::<f32>()
             });
             std::hint::black_box(s);
             t
@@ -210,10 +185,7 @@ pub(crate) fn read(size_mib: usize, rounds: usize) -> Result<()> {
     ];
     let results = interleaved(rounds, &mut cases);
     report(
-        &format!(
-            "read every byte of {:.2} GiB (warm page cache)",
-            bytes as f64 / (1u64 << 30) as f64
-        ),
+        &format!("read every byte of {:.2} GiB (warm page cache)", bytes as f64 / (1u64 << 30) as f64),
         bytes,
         &results,
         "plain mmap sequential sum",
@@ -231,29 +203,21 @@ pub(crate) fn load(size_mib: usize, rounds: usize) -> Result<()> {
     drop(sd);
     let one_thread = rayon::ThreadPoolBuilder::new().num_threads(1).build()?;
     let mut cases = vec![
-        case(
-            "candle MmapedSafetensors path (deserialize + Load::load per tensor)",
-            || {
-                let (t, v) = timed(|| {
-                    // The calls MmapedSafetensors::load makes: the crate's deserialize over a map,
-                    // then candle's `Load::load` of each view (a copy into candle storage).
-                    let r = Reader::open(&p).unwrap();
-                    let st = safetensors::SafeTensors::deserialize(r.bytes()).unwrap();
-                    st.tensors()
-                        .iter()
-                        .map(|(_, v)| v.load(&candle_core::Device::Cpu).unwrap())
-                        .collect::<Vec<_>>()
-                });
-                drop(v);
-                t
-            },
-        ),
+        case("candle MmapedSafetensors path (deserialize + Load::load per tensor)", || {
+            let (t, v) = timed(|| {
+                // The calls MmapedSafetensors::load makes: the crate's deserialize over a map,
+                // then candle's `Load::load` of each view (a copy into candle storage).
+                let r = Reader::open(&p).unwrap();
+                let st = safetensors::SafeTensors::deserialize(r.bytes()).unwrap();
+                st.tensors().iter().map(|(_, v)| v.load(&candle_core::Device::Cpu).unwrap()).collect::<Vec<_>>()
+            });
+            drop(v);
+            t
+        }),
         case("naive copy (to_vec per tensor, one thread)", || {
             let (t, v) = timed(|| {
                 let r = Reader::open(&p).unwrap();
-                r.tensors()
-                    .map(|v| v.to_vec::<f32>().unwrap())
-                    .collect::<Vec<_>>()
+                r.tensors().map(|v| v.to_vec::<f32>().unwrap()).collect::<Vec<_>>()
             });
             drop(v);
             t
@@ -264,17 +228,13 @@ pub(crate) fn load(size_mib: usize, rounds: usize) -> Result<()> {
             t
         }),
         case("safeckpt load_all (pread, huge pages, parallel)", || {
-            let opts = LoadOptions {
-                method: LoadMethod::Pread,
-                huge_pages: true,
-            };
+            let opts = LoadOptions { method: LoadMethod::Pread, huge_pages: true };
             let (t, v) = timed(|| Reader::open(&p).unwrap().load_all_with(&opts).unwrap());
             drop(v);
             t
         }),
         case("safeckpt load_all (pread, 1 thread)", || {
-            let (t, v) =
-                timed(|| one_thread.install(|| Reader::open(&p).unwrap().load_all().unwrap()));
+            let (t, v) = timed(|| one_thread.install(|| Reader::open(&p).unwrap().load_all().unwrap()));
             drop(v);
             t
         }),
@@ -283,28 +243,14 @@ pub(crate) fn load(size_mib: usize, rounds: usize) -> Result<()> {
         let exe = std::env::current_exe().unwrap();
         let p = p.clone();
         move || {
-            let out = std::process::Command::new(&exe)
-                .args(["load-child", which])
-                .arg(&p)
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            let out = std::process::Command::new(&exe).args(["load-child", which]).arg(&p).output().unwrap();
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
             Duration::from_secs_f64(String::from_utf8_lossy(&out.stdout).trim().parse().unwrap())
         }
     };
-    cases.push(case(
-        "candle MmapedSafetensors path, fresh process",
-        child("candle"),
-    ));
+    cases.push(case("candle MmapedSafetensors path, fresh process", child("candle")));
     cases.push(case("safeckpt load_all, fresh process", child("safeckpt")));
-    cases.push(case(
-        "safeckpt load_all (huge pages), fresh process",
-        child("safeckpt-huge"),
-    ));
+    cases.push(case("safeckpt load_all (huge pages), fresh process", child("safeckpt-huge")));
     let results = interleaved(rounds, &mut cases);
     report(
         &format!(
@@ -326,19 +272,12 @@ pub(crate) fn load_child(which: &str, p: &Path) -> Result<()> {
             let st = safetensors::SafeTensors::deserialize(r.bytes()).unwrap();
             // Keep every tensor alive, as a real load does (dropping each one would let the
             // allocator hand its memory to the next).
-            let all: Vec<_> = st
-                .tensors()
-                .iter()
-                .map(|(_, v)| v.load(&candle_core::Device::Cpu).unwrap())
-                .collect();
+            let all: Vec<_> = st.tensors().iter().map(|(_, v)| v.load(&candle_core::Device::Cpu).unwrap()).collect();
             all.len()
         }),
         "safeckpt" => timed(|| Reader::open(p).unwrap().load_all().unwrap().len()),
         "safeckpt-huge" => timed(|| {
-            let opts = LoadOptions {
-                method: LoadMethod::Pread,
-                huge_pages: true,
-            };
+            let opts = LoadOptions { method: LoadMethod::Pread, huge_pages: true };
             Reader::open(p).unwrap().load_all_with(&opts).unwrap().len()
         }),
         other => anyhow::bail!("unknown case {other}"),

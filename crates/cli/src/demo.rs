@@ -23,9 +23,7 @@ pub fn run(dir: Option<&Path>) -> Result<()> {
             d.to_path_buf()
         }
         None => {
-            tmp = tempfile::Builder::new()
-                .prefix("safeckpt-demo-")
-                .tempdir()?;
+            tmp = tempfile::Builder::new().prefix("safeckpt-demo-").tempdir()?;
             tmp.path().to_path_buf()
         }
     };
@@ -44,12 +42,7 @@ pub fn run(dir: Option<&Path>) -> Result<()> {
     let model = dir.join("model.safetensors");
     let tensors: Vec<_> = bundled.tensors().map(|t| (t.name(), t)).collect();
     let t = Instant::now();
-    let s = write_file(
-        &model,
-        &tensors,
-        bundled.metadata().cloned(),
-        &WriteOptions::default(),
-    )?;
+    let s = write_file(&model, &tensors, bundled.metadata().cloned(), &WriteOptions::default())?;
     println!(
         "1. write    {} ({}) with xxh3-64 checksums, temp file + fsync + rename + dir fsync, in {}",
         model.display(),
@@ -70,10 +63,7 @@ pub fn run(dir: Option<&Path>) -> Result<()> {
         &WriteOptions::default(),
         &|_| {},
     )?;
-    let index = sharded
-        .index
-        .clone()
-        .context("the demo model splits into several shards")?;
+    let index = sharded.index.clone().context("the demo model splits into several shards")?;
     println!(
         "2. shard    into {} shards of at most {} + {} in {}",
         sharded.shards.len(),
@@ -86,10 +76,7 @@ pub fn run(dir: Option<&Path>) -> Result<()> {
     let t = Instant::now();
     let set = ShardedReader::open(&index)?;
     let reports = set.verify()?;
-    ensure!(
-        reports.iter().all(|r| r.is_ok() && r.has_checksums),
-        "freshly written shards must verify"
-    );
+    ensure!(reports.iter().all(|r| r.is_ok() && r.has_checksums), "freshly written shards must verify");
     let checked: u64 = reports.iter().map(|r| r.bytes_checked).sum();
     println!(
         "3. verify   sharded set: {} tensors, {} hashed, every checksum matches ({})",
@@ -102,10 +89,7 @@ pub fn run(dir: Option<&Path>) -> Result<()> {
     let report = inspect_safetensors(&index, false)?;
     println!("4. inspect  (headers only)");
     let lines: Vec<&str> = report.lines().collect();
-    let table = lines
-        .iter()
-        .position(|l| l.starts_with("NAME"))
-        .unwrap_or(0);
+    let table = lines.iter().position(|l| l.starts_with("NAME")).unwrap_or(0);
     for l in lines.iter().take(table + 9) {
         println!("   {l}");
     }
@@ -114,47 +98,21 @@ pub fn run(dir: Option<&Path>) -> Result<()> {
     // 5. Damage a copy and watch verify name the tensor.
     let damaged_dir = dir.join("damaged");
     copy_dir(&shard_dir, &damaged_dir)?;
-    let victim_shard = damaged_dir.join(
-        sharded.shards[1]
-            .path
-            .file_name()
-            .context("shard file name")?,
-    );
+    let victim_shard = damaged_dir.join(sharded.shards[1].path.file_name().context("shard file name")?);
     let (victim, flipped_at) = flip_one_bit(&victim_shard)?;
     let damaged = ShardedReader::open(damaged_dir.join(index.file_name().context("index name")?))?;
-    let failures: Vec<String> = damaged
-        .verify()?
-        .into_iter()
-        .flat_map(|r| r.failures)
-        .map(|f| f.to_string())
-        .collect();
-    ensure!(
-        failures.len() == 1 && failures[0].contains(&victim),
-        "verify must name the damaged tensor"
-    );
-    println!(
-        "5. damage   flipped one bit at byte {flipped_at} of a copy of shard 2 (inside `{victim}`)"
-    );
-    println!(
-        "            verify reports: {}  (`safeckpt verify` exits 1)",
-        failures[0]
-    );
+    let failures: Vec<String> = damaged.verify()?.into_iter().flat_map(|r| r.failures).map(|f| f.to_string()).collect();
+    ensure!(failures.len() == 1 && failures[0].contains(&victim), "verify must name the damaged tensor");
+    println!("5. damage   flipped one bit at byte {flipped_at} of a copy of shard 2 (inside `{victim}`)");
+    println!("            verify reports: {}  (`safeckpt verify` exits 1)", failures[0]);
 
     // 6. Merge back: deterministic output means the very same bytes.
     let merged = dir.join("merged.safetensors");
     let merged_set: Vec<_> = set.tensors().map(|t| (t.name(), t)).collect();
-    write_file(
-        &merged,
-        &merged_set,
-        set.shards()[0].metadata().cloned(),
-        &WriteOptions::default(),
-    )?;
+    write_file(&merged, &merged_set, set.shards()[0].metadata().cloned(), &WriteOptions::default())?;
     let same = std::fs::read(&merged)? == std::fs::read(&model)?;
     ensure!(same, "merging the shards must reproduce the original bytes");
-    println!(
-        "6. merge    shards -> {}: byte-identical to step 1's file",
-        merged.display()
-    );
+    println!("6. merge    shards -> {}: byte-identical to step 1's file", merged.display());
 
     // 7. Zero-copy reads.
     let reader = Reader::open(&model)?;
@@ -173,9 +131,7 @@ pub fn run(dir: Option<&Path>) -> Result<()> {
         rows.byte_len(),
         rows.as_contiguous().is_some()
     );
-    println!(
-        "\nThe files are standard safetensors: Python, candle and transformers open them as they are."
-    );
+    println!("\nThe files are standard safetensors: Python, candle and transformers open them as they are.");
     Ok(())
 }
 
@@ -193,15 +149,9 @@ fn copy_dir(from: &Path, to: &Path) -> Result<()> {
 fn flip_one_bit(path: &Path) -> Result<(String, u64)> {
     let (name, at) = {
         let r = Reader::open(path)?;
-        let t = r
-            .tensors()
-            .max_by_key(|t| t.data().len())
-            .context("shard has tensors")?;
+        let t = r.tensors().max_by_key(|t| t.data().len()).context("shard has tensors")?;
         let (b, e) = t.info().data_offsets;
-        (
-            t.name().to_string(),
-            (r.header().data_start() + (b + e) / 2) as u64,
-        )
+        (t.name().to_string(), (r.header().data_start() + (b + e) / 2) as u64)
     };
     let mut bytes = std::fs::read(path)?;
     bytes[at as usize] ^= 0x10;

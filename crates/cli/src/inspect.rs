@@ -32,14 +32,7 @@ pub fn inspect_safetensors(path: &Path, as_json: bool) -> Result<String> {
         let h = shard.header();
         header_bytes += h.data_start() as u64;
         file_bytes += h.total_len();
-        let shard_name = sharded.then(|| {
-            shard
-                .path()
-                .file_name()
-                .unwrap_or_default()
-                .to_string_lossy()
-                .into_owned()
-        });
+        let shard_name = sharded.then(|| shard.path().file_name().unwrap_or_default().to_string_lossy().into_owned());
         for t in h.tensors() {
             rows.push(Row {
                 name: &t.name,
@@ -54,16 +47,9 @@ pub fn inspect_safetensors(path: &Path, as_json: bool) -> Result<String> {
     rows.sort_by(|a, b| natural_cmp(a.name, b.name));
     let params: u64 = set.tensors().map(|t| t.numel() as u64).sum();
     let data_bytes = set.data_len();
-    let metadata: Metadata = set
-        .shards()
-        .first()
-        .and_then(|s| s.metadata().cloned())
-        .unwrap_or_default();
-    let checksummed = set
-        .shards()
-        .iter()
-        .filter(|s| s.metadata().is_some_and(|m| m.contains_key(INTEGRITY_KEY)))
-        .count();
+    let metadata: Metadata = set.shards().first().and_then(|s| s.metadata().cloned()).unwrap_or_default();
+    let checksummed =
+        set.shards().iter().filter(|s| s.metadata().is_some_and(|m| m.contains_key(INTEGRITY_KEY))).count();
     let mut by_dtype: BTreeMap<&str, (u64, u64, usize)> = BTreeMap::new();
     for t in set.tensors() {
         let e = by_dtype.entry(t.dtype().as_str()).or_default();
@@ -141,24 +127,10 @@ pub fn inspect_safetensors(path: &Path, as_json: bool) -> Result<String> {
         writeln!(out)?;
         let shapes: Vec<String> = rows
             .iter()
-            .map(|r| {
-                format!(
-                    "[{}]",
-                    r.shape
-                        .iter()
-                        .map(|d| d.to_string())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )
-            })
+            .map(|r| format!("[{}]", r.shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")))
             .collect();
         let sizes: Vec<String> = rows.iter().map(|r| human_bytes(r.bytes)).collect();
-        let w_name = rows
-            .iter()
-            .map(|r| r.name.chars().count())
-            .max()
-            .unwrap_or(0)
-            .max(4);
+        let w_name = rows.iter().map(|r| r.name.chars().count()).max().unwrap_or(0).max(4);
         let w_dtype = rows.iter().map(|r| r.dtype.len()).max().unwrap_or(0).max(5);
         let w_shape = shapes.iter().map(String::len).max().unwrap_or(0).max(5);
         let w_size = sizes.iter().map(String::len).max().unwrap_or(0).max(4);
@@ -189,13 +161,7 @@ pub fn inspect_safetensors(path: &Path, as_json: bool) -> Result<String> {
         }
         writeln!(out, "\nby dtype:")?;
         for (d, (n, b, count)) in &by_dtype {
-            writeln!(
-                out,
-                "  {d:<11} {:>6} tensors  {:>16} parameters  {:>10}",
-                count,
-                thousands(*n),
-                human_bytes(*b)
-            )?;
+            writeln!(out, "  {d:<11} {:>6} tensors  {:>16} parameters  {:>10}", count, thousands(*n), human_bytes(*b))?;
         }
     }
     Ok(out)
@@ -205,10 +171,7 @@ pub fn inspect_safetensors(path: &Path, as_json: bool) -> Result<String> {
 fn describe_metadata(key: &str, value: &str) -> String {
     if key == INTEGRITY_KEY {
         return match Integrity::parse(value) {
-            Ok(i) => format!(
-                "xxh3-64 checksums for {} tensors and the header",
-                i.tensors.len()
-            ),
+            Ok(i) => format!("xxh3-64 checksums for {} tensors and the header", i.tensors.len()),
             Err(e) => format!("(unreadable: {e})"),
         };
     }

@@ -1,9 +1,6 @@
 //! `safeckpt`: inspect, verify, shard, merge and convert tensor checkpoints.
 #![forbid(unsafe_code)]
-#![allow(
-    unreachable_pub,
-    reason = "a binary: nothing is exported, modules share items with `pub`"
-)]
+#![allow(unreachable_pub, reason = "a binary: nothing is exported, modules share items with `pub`")]
 
 mod demo;
 mod inspect;
@@ -102,10 +99,7 @@ struct WriteArgs {
 
 impl WriteArgs {
     fn options(&self) -> WriteOptions {
-        WriteOptions::new()
-            .overwrite(self.force)
-            .checksums(!self.no_checksums)
-            .fsync(!self.no_fsync)
+        WriteOptions::new().overwrite(self.force).checksums(!self.no_checksums).fsync(!self.no_fsync)
     }
 }
 
@@ -116,28 +110,11 @@ fn run(cli: Cli) -> Result<i32> {
             Ok(EXIT_OK)
         }
         Command::Verify { path, json, quiet } => verify::verify(&path, json, quiet),
-        Command::Shard {
-            input,
-            max_shard_size,
-            output,
-            prefix,
-            write,
-        } => {
-            reshard::shard(
-                &input,
-                &max_shard_size,
-                &output,
-                &prefix,
-                &write.options(),
-                write.quiet,
-            )?;
+        Command::Shard { input, max_shard_size, output, prefix, write } => {
+            reshard::shard(&input, &max_shard_size, &output, &prefix, &write.options(), write.quiet)?;
             Ok(EXIT_OK)
         }
-        Command::Merge {
-            index,
-            output,
-            write,
-        } => {
+        Command::Merge { index, output, write } => {
             reshard::merge(&index, &output, &write.options(), write.quiet)?;
             Ok(EXIT_OK)
         }

@@ -29,51 +29,23 @@ fn views(set: &ShardedReader) -> Vec<(&str, TensorView<'_>)> {
 }
 
 /// Splits a file or set into shards of at most `max` bytes.
-pub fn shard(
-    input: &Path,
-    max: &str,
-    out_dir: &Path,
-    prefix: &str,
-    opts: &WriteOptions,
-    quiet: bool,
-) -> Result<()> {
+pub fn shard(input: &Path, max: &str, out_dir: &Path, prefix: &str, opts: &WriteOptions, quiet: bool) -> Result<()> {
     let max_bytes = parse_size(max)?;
     let start = Instant::now();
     let set = ShardedReader::open(input)?;
     let tensors = views(&set);
-    let pb = if quiet {
-        indicatif::ProgressBar::hidden()
-    } else {
-        progress_bar(set.data_len(), "shard")
-    };
-    let summary = write_sharded(
-        out_dir,
-        prefix,
-        &tensors,
-        merged_metadata(&set),
-        max_bytes,
-        opts,
-        &|n| pb.inc(n),
-    )
-    .with_context(|| format!("sharding {} into {}", input.display(), out_dir.display()))?;
+    let pb = if quiet { indicatif::ProgressBar::hidden() } else { progress_bar(set.data_len(), "shard") };
+    let summary = write_sharded(out_dir, prefix, &tensors, merged_metadata(&set), max_bytes, opts, &|n| pb.inc(n))
+        .with_context(|| format!("sharding {} into {}", input.display(), out_dir.display()))?;
     pb.finish_and_clear();
     if !quiet {
         for s in &summary.shards {
-            println!(
-                "wrote {}  ({} tensors, {})",
-                s.path.display(),
-                s.tensors,
-                human_bytes(s.bytes)
-            );
+            println!("wrote {}  ({} tensors, {})", s.path.display(), s.tensors, human_bytes(s.bytes));
         }
         if let Some(i) = &summary.index {
             println!("wrote {}", i.display());
         }
-        println!(
-            "{} shard(s) in {}",
-            summary.shards.len(),
-            human_duration(start.elapsed())
-        );
+        println!("{} shard(s) in {}", summary.shards.len(), human_duration(start.elapsed()));
     }
     Ok(())
 }
@@ -83,11 +55,7 @@ pub fn merge(index: &Path, out: &Path, opts: &WriteOptions, quiet: bool) -> Resu
     let start = Instant::now();
     let set = ShardedReader::open(index)?;
     let tensors = views(&set);
-    let pb = if quiet {
-        indicatif::ProgressBar::hidden()
-    } else {
-        progress_bar(set.data_len(), "merge")
-    };
+    let pb = if quiet { indicatif::ProgressBar::hidden() } else { progress_bar(set.data_len(), "merge") };
     let s = write_file_with_progress(out, &tensors, merged_metadata(&set), opts, &|n| pb.inc(n))
         .with_context(|| format!("merging {} into {}", index.display(), out.display()))?;
     pb.finish_and_clear();

@@ -58,11 +58,7 @@ pub fn human_bytes(n: u64) -> String {
         v /= 1024.0;
         unit += 1;
     }
-    if v >= 100.0 {
-        format!("{v:.0} {}", UNITS[unit])
-    } else {
-        format!("{v:.1} {}", UNITS[unit])
-    }
+    if v >= 100.0 { format!("{v:.0} {}", UNITS[unit]) } else { format!("{v:.1} {}", UNITS[unit]) }
 }
 
 /// `1,234,567`.
@@ -81,11 +77,7 @@ pub fn thousands(n: u64) -> String {
 /// `1.23 s`, `45.6 ms`.
 pub fn human_duration(d: Duration) -> String {
     let s = d.as_secs_f64();
-    if s >= 1.0 {
-        format!("{s:.2} s")
-    } else {
-        format!("{:.1} ms", s * 1000.0)
-    }
+    if s >= 1.0 { format!("{s:.2} s") } else { format!("{:.1} ms", s * 1000.0) }
 }
 
 /// A byte progress bar on stderr when it is a terminal; hidden otherwise.
@@ -95,11 +87,9 @@ pub fn progress_bar(total: u64, message: &str) -> ProgressBar {
     }
     let pb = ProgressBar::new(total);
     pb.set_style(
-        ProgressStyle::with_template(
-            "{msg:>10} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar())
-        .progress_chars("=> "),
+        ProgressStyle::with_template("{msg:>10} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
     );
     pb.set_message(message.to_string());
     pb

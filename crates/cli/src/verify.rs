@@ -14,22 +14,12 @@ use crate::util::{EXIT_FAILURE, EXIT_OK, Exit, human_bytes, human_duration, prog
 pub fn verify(path: &Path, as_json: bool, quiet: bool) -> Result<i32> {
     let start = Instant::now();
     let set = ShardedReader::open(path)?;
-    let pb = if quiet || as_json {
-        indicatif::ProgressBar::hidden()
-    } else {
-        progress_bar(set.data_len(), "verify")
-    };
+    let pb = if quiet || as_json { indicatif::ProgressBar::hidden() } else { progress_bar(set.data_len(), "verify") };
     let reports = set.verify_with_progress(&|n| pb.inc(n))?;
     pb.finish_and_clear();
     let elapsed = start.elapsed();
-    let failures: Vec<String> = reports
-        .iter()
-        .flat_map(|r| {
-            r.failures
-                .iter()
-                .map(move |f| format!("{}: {f}", r.path.display()))
-        })
-        .collect();
+    let failures: Vec<String> =
+        reports.iter().flat_map(|r| r.failures.iter().map(move |f| format!("{}: {f}", r.path.display()))).collect();
     let with_sums = reports.iter().filter(|r| r.has_checksums).count();
     let bytes: u64 = reports.iter().map(|r| r.bytes_checked).sum();
     if as_json {
@@ -44,18 +34,13 @@ pub fn verify(path: &Path, as_json: bool, quiet: bool) -> Result<i32> {
             "seconds": elapsed.as_secs_f64(),
         });
         println!("{}", serde_json::to_string_pretty(&doc)?);
-        return Ok(if failures.is_empty() {
-            EXIT_OK
-        } else {
-            EXIT_FAILURE
-        });
+        return Ok(if failures.is_empty() { EXIT_OK } else { EXIT_FAILURE });
     } else if failures.is_empty() {
         if !quiet {
             let what = if with_sums == reports.len() {
                 format!("{} verified against xxh3-64 checksums", human_bytes(bytes))
             } else if with_sums == 0 {
-                "structure valid; no checksums recorded, so the data could not be checked"
-                    .to_string()
+                "structure valid; no checksums recorded, so the data could not be checked".to_string()
             } else {
                 format!(
                     "{} verified; {} of {} files carry no checksums",
@@ -76,15 +61,7 @@ pub fn verify(path: &Path, as_json: bool, quiet: bool) -> Result<i32> {
         for f in &failures {
             eprintln!("FAILED  {f}");
         }
-        return Err(Exit(
-            EXIT_FAILURE,
-            format!(
-                "{}: {} integrity failure(s)",
-                path.display(),
-                failures.len()
-            ),
-        )
-        .into());
+        return Err(Exit(EXIT_FAILURE, format!("{}: {} integrity failure(s)", path.display(), failures.len())).into());
     }
     Ok(EXIT_OK)
 }

@@ -16,42 +16,26 @@ fn run(args: &[&str]) -> Output {
 }
 
 fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
 }
 
 /// Compares against a golden file; `SAFECKPT_BLESS=1` rewrites it.
 fn golden(name: &str, actual: &str) {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/golden")
-        .join(name);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(name);
     if std::env::var_os("SAFECKPT_BLESS").is_some() {
         std::fs::write(&path, actual).unwrap();
     }
-    let want = std::fs::read_to_string(&path)
-        .unwrap_or_else(|_| panic!("missing golden {name}; run with SAFECKPT_BLESS=1"));
-    assert_eq!(
-        actual, want,
-        "golden {name} differs; rerun with SAFECKPT_BLESS=1 if intended"
-    );
+    let want =
+        std::fs::read_to_string(&path).unwrap_or_else(|_| panic!("missing golden {name}; run with SAFECKPT_BLESS=1"));
+    assert_eq!(actual, want, "golden {name} differs; rerun with SAFECKPT_BLESS=1 if intended");
 }
 
 #[test]
 fn inspect_matches_golden_output() {
     let model = fixtures().join("models/tiny-gpt.safetensors");
-    let o = bin()
-        .current_dir(fixtures().join("models"))
-        .args(["inspect", "tiny-gpt.safetensors"])
-        .output()
-        .unwrap();
+    let o = bin().current_dir(fixtures().join("models")).args(["inspect", "tiny-gpt.safetensors"]).output().unwrap();
     assert!(o.status.success(), "{}", text(&o));
-    golden(
-        "inspect_tiny_gpt.txt",
-        &String::from_utf8(o.stdout).unwrap(),
-    );
+    golden("inspect_tiny_gpt.txt", &String::from_utf8(o.stdout).unwrap());
     let o = run(&["inspect", "--json", model.to_str().unwrap()]);
     assert!(o.status.success());
     let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
@@ -70,18 +54,9 @@ fn every_malformed_file_exits_2_naming_the_file() {
         }
         for cmd in ["verify", "inspect"] {
             let o = run(&[cmd, p.to_str().unwrap()]);
-            assert_eq!(
-                o.status.code(),
-                Some(2),
-                "{cmd} {}: {}",
-                p.display(),
-                text(&o)
-            );
+            assert_eq!(o.status.code(), Some(2), "{cmd} {}: {}", p.display(), text(&o));
             let msg = text(&o);
-            assert!(
-                msg.contains(p.file_name().unwrap().to_str().unwrap()),
-                "{msg}"
-            );
+            assert!(msg.contains(p.file_name().unwrap().to_str().unwrap()), "{msg}");
             assert!(!msg.contains("panicked"), "{msg}");
         }
     }
@@ -92,15 +67,8 @@ fn verify_exit_codes() {
     let dir = tempfile::tempdir().unwrap();
     let src = fixtures().join("models/tiny-gpt.safetensors");
     let out = dir.path().join("sharded");
-    let o = run(&[
-        "shard",
-        src.to_str().unwrap(),
-        "--max-shard-size",
-        "300KB",
-        "-o",
-        out.to_str().unwrap(),
-        "--no-fsync",
-    ]);
+    let o =
+        run(&["shard", src.to_str().unwrap(), "--max-shard-size", "300KB", "-o", out.to_str().unwrap(), "--no-fsync"]);
     assert!(o.status.success(), "{}", text(&o));
     let index = out.join("model.safetensors.index.json");
     let o = run(&["verify", index.to_str().unwrap()]);
@@ -118,11 +86,7 @@ fn verify_exit_codes() {
     std::fs::write(&shard, bytes).unwrap();
     let o = run(&["verify", index.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
-    assert!(
-        text(&o).contains("checksum mismatch") && text(&o).contains("tensor `h."),
-        "{}",
-        text(&o)
-    );
+    assert!(text(&o).contains("checksum mismatch") && text(&o).contains("tensor `h."), "{}", text(&o));
     let o = run(&["verify", "--json", index.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(1));
     let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
@@ -135,84 +99,27 @@ fn shard_then_merge_reproduces_a_checksummed_file_exactly() {
     let d = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
     let src = fixtures().join("models/tiny-gpt.safetensors");
     // A checksummed single file first (merge of a one-file "set").
-    assert!(
-        run(&[
-            "merge",
-            src.to_str().unwrap(),
-            "-o",
-            &d("one.safetensors"),
-            "-q"
-        ])
-        .status
-        .success()
-    );
-    assert!(
-        run(&[
-            "shard",
-            &d("one.safetensors"),
-            "--max-shard-size",
-            "200KiB",
-            "-o",
-            &d("s"),
-            "-q"
-        ])
-        .status
-        .success()
-    );
-    assert!(
-        run(&[
-            "merge",
-            &d("s/model.safetensors.index.json"),
-            "-o",
-            &d("back.safetensors"),
-            "-q"
-        ])
-        .status
-        .success()
-    );
-    assert_eq!(
-        std::fs::read(d("one.safetensors")).unwrap(),
-        std::fs::read(d("back.safetensors")).unwrap()
-    );
+    assert!(run(&["merge", src.to_str().unwrap(), "-o", &d("one.safetensors"), "-q"]).status.success());
+    assert!(run(&["shard", &d("one.safetensors"), "--max-shard-size", "200KiB", "-o", &d("s"), "-q"]).status.success());
+    assert!(run(&["merge", &d("s/model.safetensors.index.json"), "-o", &d("back.safetensors"), "-q"]).status.success());
+    assert_eq!(std::fs::read(d("one.safetensors")).unwrap(), std::fs::read(d("back.safetensors")).unwrap());
     // Refuses to overwrite without --force; exit 2, file untouched.
-    let o = run(&[
-        "merge",
-        &d("s/model.safetensors.index.json"),
-        "-o",
-        &d("back.safetensors"),
-    ]);
+    let o = run(&["merge", &d("s/model.safetensors.index.json"), "-o", &d("back.safetensors")]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("already exists"));
     assert!(
-        run(&[
-            "merge",
-            &d("s/model.safetensors.index.json"),
-            "-o",
-            &d("back.safetensors"),
-            "--force",
-            "-q"
-        ])
-        .status
-        .success()
+        run(&["merge", &d("s/model.safetensors.index.json"), "-o", &d("back.safetensors"), "--force", "-q"])
+            .status
+            .success()
     );
     // The reference crate reads what we wrote.
     let bytes = std::fs::read(d("back.safetensors")).unwrap();
-    assert_eq!(
-        safetensors::SafeTensors::deserialize(&bytes).unwrap().len(),
-        52
-    );
+    assert_eq!(safetensors::SafeTensors::deserialize(&bytes).unwrap().len(), 52);
 }
 
 #[test]
 fn bad_arguments_exit_2() {
-    let o = run(&[
-        "shard",
-        "x.safetensors",
-        "--max-shard-size",
-        "lots",
-        "-o",
-        "/tmp/never",
-    ]);
+    let o = run(&["shard", "x.safetensors", "--max-shard-size", "lots", "-o", "/tmp/never"]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert_eq!(run(&["frobnicate"]).status.code(), Some(2));
     let o = run(&["inspect", "/nonexistent.safetensors"]);
@@ -235,21 +142,9 @@ fn demo_runs_and_keeps_its_files_when_asked() {
     let o = run(&["demo", "--dir", dir.path().to_str().unwrap()]);
     assert!(o.status.success(), "{}", text(&o));
     let out = text(&o);
-    for step in [
-        "1. write",
-        "2. shard",
-        "3. verify",
-        "4. inspect",
-        "5. damage",
-        "6. merge",
-        "7. read",
-    ] {
+    for step in ["1. write", "2. shard", "3. verify", "4. inspect", "5. damage", "6. merge", "7. read"] {
         assert!(out.contains(step), "missing {step}:\n{out}");
     }
     assert!(dir.path().join("model.safetensors").exists());
-    assert!(
-        dir.path()
-            .join("sharded/model.safetensors.index.json")
-            .exists()
-    );
+    assert!(dir.path().join("sharded/model.safetensors.index.json").exists());
 }

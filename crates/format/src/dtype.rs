@@ -10,10 +10,7 @@ use std::str::FromStr;
 /// tensor naturally aligned inside an 8-aligned data section.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 #[non_exhaustive]
-#[allow(
-    non_camel_case_types,
-    reason = "variant names are the format's own dtype names"
-)]
+#[allow(non_camel_case_types, reason = "variant names are the format's own dtype names")]
 pub enum Dtype {
     /// Boolean, one byte per element (0 or 1).
     BOOL,
@@ -116,11 +113,7 @@ impl Dtype {
 
     /// Size of one element in whole bytes, or `None` for the sub-byte types (`F4`, `F6_*`).
     pub const fn size_bytes(self) -> Option<usize> {
-        if self.bits() % 8 == 0 {
-            Some(self.bits() / 8)
-        } else {
-            None
-        }
+        if self.bits() % 8 == 0 { Some(self.bits() / 8) } else { None }
     }
 
     /// The name used in the JSON header, e.g. `"BF16"`.

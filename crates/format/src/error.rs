@@ -116,9 +116,7 @@ pub enum FormatError {
         numel: usize,
     },
     /// A tensor's data range length disagrees with its dtype and shape.
-    #[error(
-        "tensor `{tensor}`: {dtype} {shape:?} needs {expected} bytes but its data range holds {actual}"
-    )]
+    #[error("tensor `{tensor}`: {dtype} {shape:?} needs {expected} bytes but its data range holds {actual}")]
     ByteLengthMismatch {
         /// The tensor.
         tensor: String,
@@ -142,9 +140,7 @@ pub enum FormatError {
         end: usize,
     },
     /// There is a gap in the data section before this tensor.
-    #[error(
-        "tensor `{tensor}`: data section has a hole; tensor begins at {begin}, expected {expected}"
-    )]
+    #[error("tensor `{tensor}`: data section has a hole; tensor begins at {begin}, expected {expected}")]
     Hole {
         /// The tensor after the gap.
         tensor: String,

@@ -62,9 +62,7 @@ pub struct Header {
 /// against the cap and the file length.
 pub fn read_header_len(prefix: &[u8], file_len: u64) -> Result<usize> {
     let Some(bytes) = prefix.get(..LEN_PREFIX) else {
-        return Err(FormatError::HeaderTooSmall {
-            len: file_len.min(prefix.len() as u64),
-        });
+        return Err(FormatError::HeaderTooSmall { len: file_len.min(prefix.len() as u64) });
     };
     if file_len < LEN_PREFIX as u64 {
         return Err(FormatError::HeaderTooSmall { len: file_len });
@@ -73,21 +71,12 @@ pub fn read_header_len(prefix: &[u8], file_len: u64) -> Result<usize> {
     le.copy_from_slice(bytes);
     let n = u64::from_le_bytes(le);
     if n > MAX_HEADER_LEN {
-        return Err(FormatError::HeaderTooLarge {
-            len: n,
-            max: MAX_HEADER_LEN,
-        });
+        return Err(FormatError::HeaderTooLarge { len: n, max: MAX_HEADER_LEN });
     }
     if n > file_len - LEN_PREFIX as u64 {
-        return Err(FormatError::HeaderPastEnd {
-            header_len: n,
-            file_len,
-        });
+        return Err(FormatError::HeaderPastEnd { header_len: n, file_len });
     }
-    usize::try_from(n).map_err(|_| FormatError::TooLargeForPlatform {
-        what: "header length",
-        value: n,
-    })
+    usize::try_from(n).map_err(|_| FormatError::TooLargeForPlatform { what: "header length", value: n })
 }
 
 fn to_usize(v: u64, what: &'static str) -> Result<usize> {
@@ -101,10 +90,7 @@ impl Header {
         let n = read_header_len(file, file_len)?;
         let json = file
             .get(LEN_PREFIX..LEN_PREFIX + n)
-            .ok_or(FormatError::HeaderPastEnd {
-                header_len: n as u64,
-                file_len,
-            })?;
+            .ok_or(FormatError::HeaderPastEnd { header_len: n as u64, file_len })?;
         let header = Header::parse_json(json)?;
         header.check_file_len(file_len)?;
         Ok(header)
@@ -114,9 +100,7 @@ impl Header {
     /// data section, padding included). The file length is checked separately with
     /// [`Header::check_file_len`].
     pub fn parse_json(json: &[u8]) -> Result<Header> {
-        let text = std::str::from_utf8(json).map_err(|e| FormatError::HeaderUtf8 {
-            at: e.valid_up_to(),
-        })?;
+        let text = std::str::from_utf8(json).map_err(|e| FormatError::HeaderUtf8 { at: e.valid_up_to() })?;
         let mut c = Cursor::new(text);
         // About 80 header bytes per tensor in practice; a good first capacity saves regrowth.
         let mut tensors: Vec<TensorInfo> = Vec::with_capacity(json.len() / 80);
@@ -152,9 +136,7 @@ impl Header {
             let mut names: Vec<&str> = run.iter().map(|e| name_of(e.1 as usize)).collect();
             names.sort_unstable();
             if let Some(w) = names.windows(2).find(|w| w.first() == w.get(1)) {
-                return Err(FormatError::DuplicateTensor {
-                    tensor: w.first().copied().unwrap_or("").to_string(),
-                });
+                return Err(FormatError::DuplicateTensor { tensor: w.first().copied().unwrap_or("").to_string() });
             }
         }
         // Offset order. Writers nearly always emit tensors in that order already, and then
@@ -169,25 +151,14 @@ impl Header {
         let mut expected = 0usize;
         let mut previous: Option<usize> = None;
         for r in 0..tensors.len() {
-            let i = order
-                .as_ref()
-                .and_then(|o| o.get(r))
-                .map_or(r, |&i| i as usize);
+            let i = order.as_ref().and_then(|o| o.get(r)).map_or(r, |&i| i as usize);
             let Some(t) = tensors.get(i) else { continue };
             let (begin, end) = t.data_offsets;
             if end < begin {
-                return Err(FormatError::OffsetsInverted {
-                    tensor: t.name.clone(),
-                    begin,
-                    end,
-                });
+                return Err(FormatError::OffsetsInverted { tensor: t.name.clone(), begin, end });
             }
             if begin > expected {
-                return Err(FormatError::Hole {
-                    tensor: t.name.clone(),
-                    begin,
-                    expected,
-                });
+                return Err(FormatError::Hole { tensor: t.name.clone(), begin, expected });
             }
             if begin < expected {
                 return Err(FormatError::Overlap {
@@ -205,36 +176,22 @@ impl Header {
             None => (tensors, by_hash),
             Some(order) => {
                 let mut slots: Vec<Option<TensorInfo>> = tensors.into_iter().map(Some).collect();
-                let tensors: Vec<TensorInfo> = order
-                    .iter()
-                    .filter_map(|&i| slots.get_mut(i as usize).and_then(Option::take))
-                    .collect();
+                let tensors: Vec<TensorInfo> =
+                    order.iter().filter_map(|&i| slots.get_mut(i as usize).and_then(Option::take)).collect();
                 let by_name = name_index(&tensors);
                 (tensors, by_name)
             }
         };
-        Ok(Header {
-            header_len: json.len(),
-            tensors,
-            by_name,
-            metadata,
-            data_len: expected,
-        })
+        Ok(Header { header_len: json.len(), tensors, by_name, metadata, data_len: expected })
     }
 
     /// Checks that a file of `file_len` bytes has exactly the length this header describes.
     pub fn check_file_len(&self, file_len: u64) -> Result<()> {
         let expected = self.total_len();
         if file_len < expected {
-            Err(FormatError::Truncated {
-                expected,
-                actual: file_len,
-            })
+            Err(FormatError::Truncated { expected, actual: file_len })
         } else if file_len > expected {
-            Err(FormatError::TrailingBytes {
-                expected,
-                extra: file_len - expected,
-            })
+            Err(FormatError::TrailingBytes { expected, extra: file_len - expected })
         } else {
             Ok(())
         }
@@ -307,10 +264,7 @@ impl Header {
 
     /// One metadata value.
     pub fn metadata_value(&self, key: &str) -> Option<&str> {
-        self.metadata
-            .as_ref()
-            .and_then(|m| m.get(key))
-            .map(String::as_str)
+        self.metadata.as_ref().and_then(|m| m.get(key)).map(String::as_str)
     }
 }
 
@@ -320,28 +274,17 @@ fn name_hash(name: &str) -> u64 {
 
 /// (hash, position) for every tensor, sorted.
 fn name_index(tensors: &[TensorInfo]) -> Vec<(u64, u32)> {
-    let mut v: Vec<(u64, u32)> = tensors
-        .iter()
-        .enumerate()
-        .map(|(i, t)| (name_hash(&t.name), i as u32))
-        .collect();
+    let mut v: Vec<(u64, u32)> = tensors.iter().enumerate().map(|(i, t)| (name_hash(&t.name), i as u32)).collect();
     v.sort_unstable();
     v
 }
 
 fn check_byte_len(t: &TensorInfo, actual: usize) -> Result<()> {
-    let overflow = || FormatError::ShapeOverflow {
-        tensor: t.name.clone(),
-        shape: t.shape.clone(),
-    };
+    let overflow = || FormatError::ShapeOverflow { tensor: t.name.clone(), shape: t.shape.clone() };
     let n = numel(&t.shape).ok_or_else(overflow)?;
     let bits = n.checked_mul(t.dtype.bits()).ok_or_else(overflow)?;
     if bits % 8 != 0 {
-        return Err(FormatError::SubByteMisaligned {
-            tensor: t.name.clone(),
-            dtype: t.dtype,
-            numel: n,
-        });
+        return Err(FormatError::SubByteMisaligned { tensor: t.name.clone(), dtype: t.dtype, numel: n });
     }
     let expected = bits / 8;
     if expected != actual {
@@ -431,29 +374,19 @@ fn parse_canonical_tensor(c: &mut Cursor<'_>) -> Option<(Dtype, Vec<usize>, (usi
 
 fn parse_tensor(c: &mut Cursor<'_>, name: String) -> Result<TensorInfo> {
     if let Some((dtype, shape, data_offsets)) = parse_canonical_tensor(c) {
-        return Ok(TensorInfo {
-            name,
-            dtype,
-            shape,
-            data_offsets,
-        });
+        return Ok(TensorInfo { name, dtype, shape, data_offsets });
     }
     let mut dtype: Option<Dtype> = None;
     let mut shape: Option<Vec<usize>> = None;
     let mut offsets: Option<(usize, usize)> = None;
     if c.peek() != Some(b'{') {
-        return c.err(format!(
-            "tensor `{name}`: expected an object with dtype, shape and data_offsets"
-        ));
+        return c.err(format!("tensor `{name}`: expected an object with dtype, shape and data_offsets"));
     }
     if !c.open(b'{', b'}')? {
         loop {
             let field = c.string()?;
             c.expect(b':')?;
-            let dup = |f: &str| FormatError::DuplicateField {
-                tensor: name.clone(),
-                field: f.to_string(),
-            };
+            let dup = |f: &str| FormatError::DuplicateField { tensor: name.clone(), field: f.to_string() };
             match field.as_ref() {
                 "dtype" => {
                     if dtype.is_some() {
@@ -464,12 +397,10 @@ fn parse_tensor(c: &mut Cursor<'_>, name: String) -> Result<TensorInfo> {
                     }
                     let s = c.string()?;
                     dtype =
-                        Some(
-                            Dtype::from_name(&s).ok_or_else(|| FormatError::UnknownDtype {
-                                tensor: name.clone(),
-                                dtype: s.into_owned(),
-                            })?,
-                        );
+                        Some(Dtype::from_name(&s).ok_or_else(|| FormatError::UnknownDtype {
+                            tensor: name.clone(),
+                            dtype: s.into_owned(),
+                        })?);
                 }
                 "shape" => {
                     if shape.is_some() {
@@ -477,9 +408,7 @@ fn parse_tensor(c: &mut Cursor<'_>, name: String) -> Result<TensorInfo> {
                     }
                     let mut dims = Vec::new();
                     if c.peek() != Some(b'[') {
-                        return c.err(format!(
-                            "tensor `{name}`: shape must be an array of integers"
-                        ));
+                        return c.err(format!("tensor `{name}`: shape must be an array of integers"));
                     }
                     if !c.open(b'[', b']')? {
                         loop {
@@ -496,18 +425,14 @@ fn parse_tensor(c: &mut Cursor<'_>, name: String) -> Result<TensorInfo> {
                         return Err(dup("data_offsets"));
                     }
                     if c.peek() != Some(b'[') {
-                        return c.err(format!(
-                            "tensor `{name}`: data_offsets must be [begin, end]"
-                        ));
+                        return c.err(format!("tensor `{name}`: data_offsets must be [begin, end]"));
                     }
                     c.expect(b'[')?;
                     let begin = to_usize(c.uint()?, "data offset")?;
                     c.expect(b',')?;
                     let end = to_usize(c.uint()?, "data offset")?;
                     if c.peek() != Some(b']') {
-                        return c.err(format!(
-                            "tensor `{name}`: data_offsets must have exactly two entries"
-                        ));
+                        return c.err(format!("tensor `{name}`: data_offsets must have exactly two entries"));
                     }
                     c.expect(b']')?;
                     offsets = Some((begin, end));
@@ -519,19 +444,11 @@ fn parse_tensor(c: &mut Cursor<'_>, name: String) -> Result<TensorInfo> {
             }
         }
     }
-    let missing = |field| FormatError::MissingField {
-        tensor: name.clone(),
-        field,
-    };
+    let missing = |field| FormatError::MissingField { tensor: name.clone(), field };
     let dtype = dtype.ok_or_else(|| missing("dtype"))?;
     let shape = shape.ok_or_else(|| missing("shape"))?;
     let data_offsets = offsets.ok_or_else(|| missing("data_offsets"))?;
-    Ok(TensorInfo {
-        name,
-        dtype,
-        shape,
-        data_offsets,
-    })
+    Ok(TensorInfo { name, dtype, shape, data_offsets })
 }
 
 #[cfg(test)]
@@ -571,51 +488,30 @@ mod tests {
             ),
             FormatError::DuplicateTensor { .. }
         ));
-        assert!(matches!(
-            p("{\"__metadata__\":{},\"__metadata__\":{}}", 0),
-            FormatError::ReservedName
-        ));
-        assert!(matches!(
-            p("{\"__metadata__\":{\"a\":1}}", 0),
-            FormatError::MetadataNotString { .. }
-        ));
+        assert!(matches!(p("{\"__metadata__\":{},\"__metadata__\":{}}", 0), FormatError::ReservedName));
+        assert!(matches!(p("{\"__metadata__\":{\"a\":1}}", 0), FormatError::MetadataNotString { .. }));
         assert!(matches!(
             p("{\"__metadata__\":{\"a\":\"1\",\"a\":\"2\"}}", 0),
             FormatError::DuplicateMetadataKey { .. }
         ));
         assert!(matches!(
             p("{\"a\":{\"dtype\":\"F32\",\"shape\":[1]}}", 0),
-            FormatError::MissingField {
-                field: "data_offsets",
-                ..
-            }
+            FormatError::MissingField { field: "data_offsets", .. }
         ));
         assert!(matches!(
-            p(
-                "{\"a\":{\"dtype\":\"F32\",\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}",
-                4
-            ),
+            p("{\"a\":{\"dtype\":\"F32\",\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}", 4),
             FormatError::DuplicateField { .. }
         ));
         assert!(matches!(
-            p(
-                "{\"a\":{\"dtype\":\"X\",\"shape\":[1],\"data_offsets\":[0,4]}}",
-                4
-            ),
+            p("{\"a\":{\"dtype\":\"X\",\"shape\":[1],\"data_offsets\":[0,4]}}", 4),
             FormatError::UnknownDtype { .. }
         ));
         assert!(matches!(
-            p(
-                "{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,0]}}",
-                4
-            ),
+            p("{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,0]}}", 4),
             FormatError::OffsetsInverted { .. }
         ));
         assert!(matches!(
-            p(
-                "{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,8]}}",
-                8
-            ),
+            p("{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,8]}}", 8),
             FormatError::Hole { .. }
         ));
         assert!(matches!(
@@ -626,71 +522,41 @@ mod tests {
             FormatError::Overlap { .. }
         ));
         assert!(matches!(
-            p(
-                "{\"a\":{\"dtype\":\"F32\",\"shape\":[3],\"data_offsets\":[0,8]}}",
-                8
-            ),
+            p("{\"a\":{\"dtype\":\"F32\",\"shape\":[3],\"data_offsets\":[0,8]}}", 8),
             FormatError::ByteLengthMismatch { .. }
         ));
         assert!(matches!(
-            p(
-                "{\"a\":{\"dtype\":\"F4\",\"shape\":[3],\"data_offsets\":[0,1]}}",
-                1
-            ),
+            p("{\"a\":{\"dtype\":\"F4\",\"shape\":[3],\"data_offsets\":[0,1]}}", 1),
             FormatError::SubByteMisaligned { .. }
         ));
         assert!(matches!(
-            p(
-                "{\"a\":{\"dtype\":\"F32\",\"shape\":[4294967296,4294967296],\"data_offsets\":[0,4]}}",
-                4
-            ),
+            p("{\"a\":{\"dtype\":\"F32\",\"shape\":[4294967296,4294967296],\"data_offsets\":[0,4]}}", 4),
             FormatError::ShapeOverflow { .. }
         ));
         assert!(matches!(
-            p(
-                "{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}",
-                3
-            ),
+            p("{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}", 3),
             FormatError::Truncated { .. }
         ));
         assert!(matches!(
-            p(
-                "{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}",
-                5
-            ),
+            p("{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}", 5),
             FormatError::TrailingBytes { .. }
         ));
         assert!(matches!(
-            p(
-                "{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4,5]}}",
-                4
-            ),
+            p("{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4,5]}}", 4),
             FormatError::HeaderJson { .. }
         ));
         assert!(matches!(p("{} x", 0), FormatError::HeaderJson { .. }));
         assert!(matches!(p("[]", 0), FormatError::HeaderJson { .. }));
-        assert!(matches!(
-            Header::parse(&[1, 2, 3]),
-            Err(FormatError::HeaderTooSmall { len: 3 })
-        ));
+        assert!(matches!(Header::parse(&[1, 2, 3]), Err(FormatError::HeaderTooSmall { len: 3 })));
         let mut huge = (MAX_HEADER_LEN + 1).to_le_bytes().to_vec();
         huge.extend_from_slice(b"{}");
-        assert!(matches!(
-            Header::parse(&huge),
-            Err(FormatError::HeaderTooLarge { .. })
-        ));
+        assert!(matches!(Header::parse(&huge), Err(FormatError::HeaderTooLarge { .. })));
         let mut past = 100u64.to_le_bytes().to_vec();
         past.extend_from_slice(b"{}");
-        assert!(matches!(
-            Header::parse(&past),
-            Err(FormatError::HeaderPastEnd { .. })
-        ));
+        assert!(matches!(Header::parse(&past), Err(FormatError::HeaderPastEnd { .. })));
         let mut bad = 3u64.to_le_bytes().to_vec();
         bad.extend_from_slice(b"{\xff}");
-        assert!(matches!(
-            Header::parse(&bad),
-            Err(FormatError::HeaderUtf8 { at: 1 })
-        ));
+        assert!(matches!(Header::parse(&bad), Err(FormatError::HeaderUtf8 { at: 1 })));
     }
 
     #[test]
@@ -699,12 +565,6 @@ mod tests {
         let h = Header::parse(&file(json, 0)).unwrap();
         assert_eq!(h.len(), 2);
         assert!(h.metadata().is_none());
-        assert_eq!(
-            h.by_name()
-                .iter()
-                .map(|t| t.name.as_str())
-                .collect::<Vec<_>>(),
-            ["e1", "e2"]
-        );
+        assert_eq!(h.by_name().iter().map(|t| t.name.as_str()).collect::<Vec<_>>(), ["e1", "e2"]);
     }
 }

@@ -28,19 +28,14 @@ pub struct ShardIndex {
     pub weight_map: BTreeMap<String, String>,
 }
 
-fn unique_map<'de, D: Deserializer<'de>>(
-    d: D,
-) -> std::result::Result<BTreeMap<String, String>, D::Error> {
+fn unique_map<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<BTreeMap<String, String>, D::Error> {
     struct V;
     impl<'de> Visitor<'de> for V {
         type Value = BTreeMap<String, String>;
         fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
             f.write_str("a map from tensor names to shard file names")
         }
-        fn visit_map<A: MapAccess<'de>>(
-            self,
-            mut m: A,
-        ) -> std::result::Result<Self::Value, A::Error> {
+        fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> std::result::Result<Self::Value, A::Error> {
             let mut out = BTreeMap::new();
             while let Some((k, v)) = m.next_entry::<String, String>()? {
                 if let Some(prev) = out.get(&k) {
@@ -61,16 +56,11 @@ impl ShardIndex {
     pub fn parse(bytes: &[u8]) -> Result<ShardIndex> {
         if bytes.len() as u64 > MAX_INDEX_LEN {
             return Err(FormatError::BadIndex {
-                reason: format!(
-                    "index is {} bytes, over the limit of {MAX_INDEX_LEN}",
-                    bytes.len()
-                ),
+                reason: format!("index is {} bytes, over the limit of {MAX_INDEX_LEN}", bytes.len()),
             });
         }
         let index: ShardIndex =
-            serde_json::from_slice(bytes).map_err(|e| FormatError::BadIndex {
-                reason: e.to_string(),
-            })?;
+            serde_json::from_slice(bytes).map_err(|e| FormatError::BadIndex { reason: e.to_string() })?;
         for (name, shard) in &index.weight_map {
             check_relative_path(shard).map_err(|reason| FormatError::BadIndex {
                 reason: format!("tensor `{name}` points at `{shard}`: {reason}"),
@@ -83,10 +73,7 @@ impl ShardIndex {
     pub fn new(weight_map: BTreeMap<String, String>, total_size: u64) -> ShardIndex {
         let mut metadata = serde_json::Map::new();
         metadata.insert("total_size".into(), total_size.into());
-        ShardIndex {
-            metadata,
-            weight_map,
-        }
+        ShardIndex { metadata, weight_map }
     }
 
     /// The distinct shard files, sorted.
@@ -99,9 +86,7 @@ impl ShardIndex {
 
     /// `metadata.total_size`, if present and an integer.
     pub fn total_size(&self) -> Option<u64> {
-        self.metadata
-            .get("total_size")
-            .and_then(serde_json::Value::as_u64)
+        self.metadata.get("total_size").and_then(serde_json::Value::as_u64)
     }
 
     /// The index as HuggingFace writes it: two-space indented JSON with sorted keys and a
@@ -159,10 +144,7 @@ mod tests {
         let again = ShardIndex::parse(i.to_json().as_bytes()).unwrap();
         assert_eq!(again, i);
         assert!(i.to_json().starts_with("{\n  \"metadata\""));
-        assert_eq!(
-            shard_file_name("model", 1, 3),
-            "model-00001-of-00003.safetensors"
-        );
+        assert_eq!(shard_file_name("model", 1, 3), "model-00001-of-00003.safetensors");
     }
 
     #[test]
@@ -179,13 +161,7 @@ mod tests {
             r#"{"metadata":{}}"#,
             "not json",
         ] {
-            assert!(
-                matches!(
-                    ShardIndex::parse(bad.as_bytes()),
-                    Err(FormatError::BadIndex { .. })
-                ),
-                "{bad}"
-            );
+            assert!(matches!(ShardIndex::parse(bad.as_bytes()), Err(FormatError::BadIndex { .. })), "{bad}");
         }
         let dup = ShardIndex::parse(br#"{"weight_map":{"a":"s1","a":"s2"}}"#).unwrap_err();
         assert!(dup.to_string().contains("listed twice"), "{dup}");

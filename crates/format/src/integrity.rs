@@ -60,13 +60,10 @@ pub fn checksum_hex(v: u64) -> String {
 
 fn parse_hex(s: &str, what: &str) -> Result<u64> {
     if s.len() != CHECKSUM_HEX_LEN || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(FormatError::BadIntegrity {
-            reason: format!("{what}: `{s}` is not 16 hex digits"),
-        });
+        return Err(FormatError::BadIntegrity { reason: format!("{what}: `{s}` is not 16 hex digits") });
     }
-    u64::from_str_radix(s, 16).map_err(|_| FormatError::BadIntegrity {
-        reason: format!("{what}: `{s}` is not 16 hex digits"),
-    })
+    u64::from_str_radix(s, 16)
+        .map_err(|_| FormatError::BadIntegrity { reason: format!("{what}: `{s}` is not 16 hex digits") })
 }
 
 /// Digest of everything in a header except the integrity document itself.
@@ -75,10 +72,7 @@ fn parse_hex(s: &str, what: &str) -> Result<u64> {
 /// the tensor count, then for each tensor in data-offset order its name, dtype name, rank, each
 /// dimension, begin and end offsets; then the count of metadata pairs other than
 /// [`INTEGRITY_KEY`], then each key and value in bytewise key order.
-pub fn header_digest<'a>(
-    tensors: impl ExactSizeIterator<Item = &'a TensorInfo>,
-    metadata: Option<&Metadata>,
-) -> u64 {
+pub fn header_digest<'a>(tensors: impl ExactSizeIterator<Item = &'a TensorInfo>, metadata: Option<&Metadata>) -> u64 {
     let mut h = Xxh3::new();
     let num = |h: &mut Xxh3, v: usize| h.update(&(v as u64).to_le_bytes());
     let text = |h: &mut Xxh3, s: &str| {
@@ -96,11 +90,8 @@ pub fn header_digest<'a>(
         num(&mut h, t.data_offsets.0);
         num(&mut h, t.data_offsets.1);
     }
-    let pairs: Vec<(&String, &String)> = metadata
-        .into_iter()
-        .flatten()
-        .filter(|(k, _)| k.as_str() != INTEGRITY_KEY)
-        .collect();
+    let pairs: Vec<(&String, &String)> =
+        metadata.into_iter().flatten().filter(|(k, _)| k.as_str() != INTEGRITY_KEY).collect();
     num(&mut h, pairs.len());
     for (k, v) in pairs {
         text(&mut h, k);
@@ -130,32 +121,21 @@ struct RawIntegrity {
 impl Integrity {
     /// Reads the integrity document of a header, if it has one.
     pub fn from_header(header: &Header) -> Result<Option<Integrity>> {
-        header
-            .metadata_value(INTEGRITY_KEY)
-            .map(Integrity::parse)
-            .transpose()
+        header.metadata_value(INTEGRITY_KEY).map(Integrity::parse).transpose()
     }
 
     /// Parses an integrity document.
     pub fn parse(value: &str) -> Result<Integrity> {
-        let raw: RawIntegrity =
-            serde_json::from_str(value).map_err(|e| FormatError::BadIntegrity {
-                reason: format!("not a valid document: {e}"),
-            })?;
+        let raw: RawIntegrity = serde_json::from_str(value)
+            .map_err(|e| FormatError::BadIntegrity { reason: format!("not a valid document: {e}") })?;
         if raw.version != INTEGRITY_VERSION {
             return Err(FormatError::BadIntegrity {
-                reason: format!(
-                    "unsupported version {} (this build reads {INTEGRITY_VERSION})",
-                    raw.version
-                ),
+                reason: format!("unsupported version {} (this build reads {INTEGRITY_VERSION})", raw.version),
             });
         }
         if raw.algorithm != CHECKSUM_ALGORITHM {
             return Err(FormatError::BadIntegrity {
-                reason: format!(
-                    "unsupported algorithm `{}` (this build knows {CHECKSUM_ALGORITHM})",
-                    raw.algorithm
-                ),
+                reason: format!("unsupported algorithm `{}` (this build knows {CHECKSUM_ALGORITHM})", raw.algorithm),
             });
         }
         let header = parse_hex(&raw.header, "header checksum")?;
@@ -193,7 +173,8 @@ mod tests {
 
     #[test]
     fn parse_rejects_bad_documents() {
-        let ok = r#"{"version":1,"algorithm":"xxh3-64","header":"00000000000000ff","tensors":{"a":"0123456789abcdef"}}"#;
+        let ok =
+            r#"{"version":1,"algorithm":"xxh3-64","header":"00000000000000ff","tensors":{"a":"0123456789abcdef"}}"#;
         let i = Integrity::parse(ok).unwrap();
         assert_eq!(i.header, 255);
         assert_eq!(i.tensors["a"], 0x0123456789abcdef);
@@ -205,10 +186,7 @@ mod tests {
             r#"{"version":1}"#,
             "nonsense",
         ] {
-            assert!(
-                matches!(Integrity::parse(bad), Err(FormatError::BadIntegrity { .. })),
-                "{bad}"
-            );
+            assert!(matches!(Integrity::parse(bad), Err(FormatError::BadIntegrity { .. })), "{bad}");
         }
     }
 }

@@ -20,18 +20,11 @@ pub(crate) struct Cursor<'a> {
 
 impl<'a> Cursor<'a> {
     pub(crate) fn new(text: &'a str) -> Self {
-        Cursor {
-            text,
-            bytes: text.as_bytes(),
-            pos: 0,
-        }
+        Cursor { text, bytes: text.as_bytes(), pos: 0 }
     }
 
     pub(crate) fn err<T>(&self, msg: impl Into<String>) -> Result<T> {
-        Err(FormatError::HeaderJson {
-            at: self.pos,
-            msg: msg.into(),
-        })
+        Err(FormatError::HeaderJson { at: self.pos, msg: msg.into() })
     }
 
     fn peek_byte(&self) -> Option<u8> {
@@ -60,15 +53,8 @@ impl<'a> Cursor<'a> {
                 self.pos += 1;
                 Ok(())
             }
-            Some(b) => self.err(format!(
-                "expected `{}`, found `{}`",
-                want as char,
-                printable(b)
-            )),
-            None => self.err(format!(
-                "expected `{}`, found the end of the header",
-                want as char
-            )),
+            Some(b) => self.err(format!("expected `{}`, found `{}`", want as char, printable(b))),
+            None => self.err(format!("expected `{}`, found the end of the header", want as char)),
         }
     }
 
@@ -84,15 +70,8 @@ impl<'a> Cursor<'a> {
                 self.pos += 1;
                 Ok(false)
             }
-            Some(b) => self.err(format!(
-                "expected `,` or `{}`, found `{}`",
-                close as char,
-                printable(b)
-            )),
-            None => self.err(format!(
-                "expected `,` or `{}`, found the end of the header",
-                close as char
-            )),
+            Some(b) => self.err(format!("expected `,` or `{}`, found `{}`", close as char, printable(b))),
+            None => self.err(format!("expected `,` or `{}`, found the end of the header", close as char)),
         }
     }
 
@@ -234,10 +213,7 @@ impl<'a> Cursor<'a> {
                 v = u64::from(b - b'0');
                 self.pos += 1;
                 while let Some(b @ b'0'..=b'9') = self.peek_byte() {
-                    v = match v
-                        .checked_mul(10)
-                        .and_then(|v| v.checked_add(u64::from(b - b'0')))
-                    {
+                    v = match v.checked_mul(10).and_then(|v| v.checked_add(u64::from(b - b'0'))) {
                         Some(v) => v,
                         None => return self.err("integer out of range"),
                     };
@@ -248,10 +224,7 @@ impl<'a> Cursor<'a> {
                 return self.err("expected a non-negative integer, found a negative number");
             }
             Some(b) => {
-                return self.err(format!(
-                    "expected a non-negative integer, found `{}`",
-                    printable(b)
-                ));
+                return self.err(format!("expected a non-negative integer, found `{}`", printable(b)));
             }
             None => {
                 return self.err("expected a non-negative integer, found the end of the header");
@@ -331,10 +304,7 @@ impl<'a> Cursor<'a> {
                 }
                 Some(b'{') => {
                     if depth + stack.len() >= MAX_DEPTH {
-                        return Err(FormatError::TooDeep {
-                            at: self.pos,
-                            max: MAX_DEPTH,
-                        });
+                        return Err(FormatError::TooDeep { at: self.pos, max: MAX_DEPTH });
                     }
                     if !self.open(b'{', b'}')? {
                         stack.push(b'}');
@@ -345,10 +315,7 @@ impl<'a> Cursor<'a> {
                 }
                 Some(b'[') => {
                     if depth + stack.len() >= MAX_DEPTH {
-                        return Err(FormatError::TooDeep {
-                            at: self.pos,
-                            max: MAX_DEPTH,
-                        });
+                        return Err(FormatError::TooDeep { at: self.pos, max: MAX_DEPTH });
                     }
                     if !self.open(b'[', b']')? {
                         stack.push(b']');
@@ -416,11 +383,7 @@ impl<'a> Cursor<'a> {
 }
 
 fn printable(b: u8) -> String {
-    if b.is_ascii_graphic() {
-        (b as char).to_string()
-    } else {
-        format!("\\x{b:02x}")
-    }
+    if b.is_ascii_graphic() { (b as char).to_string() } else { format!("\\x{b:02x}") }
 }
 
 /// Appends `s` as a JSON string literal, escaping exactly as `serde_json` does (so headers we
@@ -450,12 +413,8 @@ pub fn escape_into(out: &mut String, s: &str) {
         if esc.is_empty() {
             const HEX: &[u8; 16] = b"0123456789abcdef";
             out.push_str("\\u00");
-            out.push(char::from(
-                HEX.get(usize::from(b >> 4)).copied().unwrap_or(b'0'),
-            ));
-            out.push(char::from(
-                HEX.get(usize::from(b & 15)).copied().unwrap_or(b'0'),
-            ));
+            out.push(char::from(HEX.get(usize::from(b >> 4)).copied().unwrap_or(b'0')));
+            out.push(char::from(HEX.get(usize::from(b & 15)).copied().unwrap_or(b'0')));
         } else {
             out.push_str(esc);
         }
@@ -475,10 +434,7 @@ mod tests {
     #[test]
     fn strings() {
         assert_eq!(s(r#""abc""#).unwrap(), "abc");
-        assert_eq!(
-            s(r#""a\"b\\c\/\n\u00e9\ud83d\ude00""#).unwrap(),
-            "a\"b\\c/\né😀"
-        );
+        assert_eq!(s(r#""a\"b\\c\/\n\u00e9\ud83d\ude00""#).unwrap(), "a\"b\\c/\né😀");
         assert!(s("\"a\u{1}\"").is_err());
         assert!(s(r#""\ud800""#).is_err());
         assert!(s(r#""\udc00""#).is_err());
@@ -505,23 +461,14 @@ mod tests {
         c.skip_value(0).unwrap();
         assert_eq!(c.peek(), Some(b'x'));
         let deep = "[".repeat(200) + &"]".repeat(200);
-        assert!(matches!(
-            Cursor::new(&deep).skip_value(0),
-            Err(FormatError::TooDeep { .. })
-        ));
+        assert!(matches!(Cursor::new(&deep).skip_value(0), Err(FormatError::TooDeep { .. })));
         assert!(Cursor::new("[1,]").skip_value(0).is_err());
         assert!(Cursor::new("{\"a\" 1}").skip_value(0).is_err());
     }
 
     #[test]
     fn escaping_matches_serde_json() {
-        for text in [
-            "plain",
-            "q\"b\\s",
-            "\u{1}\u{8}\u{c}\n\r\t\u{1f}\u{7f}",
-            "é/😀",
-            "",
-        ] {
+        for text in ["plain", "q\"b\\s", "\u{1}\u{8}\u{c}\n\r\t\u{1f}\u{7f}", "é/😀", ""] {
             let mut out = String::new();
             write_json_string(&mut out, text);
             assert_eq!(out, serde_json::to_string(text).unwrap());

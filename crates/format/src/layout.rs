@@ -12,8 +12,7 @@ use crate::dtype::{Dtype, numel};
 use crate::error::{FormatError, Result};
 use crate::header::{LEN_PREFIX, MAX_HEADER_LEN, METADATA_KEY, Metadata, TensorInfo};
 use crate::integrity::{
-    CHECKSUM_ALGORITHM, CHECKSUM_HEX_LEN, INTEGRITY_KEY, INTEGRITY_VERSION, checksum_hex,
-    header_digest,
+    CHECKSUM_ALGORITHM, CHECKSUM_HEX_LEN, INTEGRITY_KEY, INTEGRITY_VERSION, checksum_hex, header_digest,
 };
 use crate::json::{escape_into, write_json_string};
 
@@ -31,27 +30,16 @@ pub struct TensorSpec {
 impl TensorSpec {
     /// A new spec.
     pub fn new(name: impl Into<String>, dtype: Dtype, shape: impl Into<Vec<usize>>) -> Self {
-        TensorSpec {
-            name: name.into(),
-            dtype,
-            shape: shape.into(),
-        }
+        TensorSpec { name: name.into(), dtype, shape: shape.into() }
     }
 
     /// Bytes this tensor occupies, with the same checks the reader applies.
     pub fn byte_len(&self) -> Result<usize> {
-        let overflow = || FormatError::ShapeOverflow {
-            tensor: self.name.clone(),
-            shape: self.shape.clone(),
-        };
+        let overflow = || FormatError::ShapeOverflow { tensor: self.name.clone(), shape: self.shape.clone() };
         let n = numel(&self.shape).ok_or_else(overflow)?;
         let bits = n.checked_mul(self.dtype.bits()).ok_or_else(overflow)?;
         if bits % 8 != 0 {
-            return Err(FormatError::SubByteMisaligned {
-                tensor: self.name.clone(),
-                dtype: self.dtype,
-                numel: n,
-            });
+            return Err(FormatError::SubByteMisaligned { tensor: self.name.clone(), dtype: self.dtype, numel: n });
         }
         Ok(bits / 8)
     }
@@ -70,10 +58,7 @@ pub struct LayoutOptions {
 
 impl Default for LayoutOptions {
     fn default() -> Self {
-        LayoutOptions {
-            checksums: true,
-            data_alignment: 8,
-        }
+        LayoutOptions { checksums: true, data_alignment: 8 }
     }
 }
 
@@ -102,11 +87,7 @@ impl Layout {
     /// Refuses a duplicate name, the reserved name `__metadata__`, a shape whose byte count
     /// overflows or is not whole, and a header over the size limit. Any `safeckpt.integrity` entry in
     /// `metadata` is dropped: it is recomputed when checksums are on and would be stale otherwise.
-    pub fn plan(
-        specs: Vec<TensorSpec>,
-        metadata: Option<Metadata>,
-        opts: &LayoutOptions,
-    ) -> Result<Layout> {
+    pub fn plan(specs: Vec<TensorSpec>, metadata: Option<Metadata>, opts: &LayoutOptions) -> Result<Layout> {
         let align = opts.data_alignment.max(8);
         if !align.is_power_of_two() {
             return Err(FormatError::InvalidAlignment { alignment: align });
@@ -127,9 +108,7 @@ impl Layout {
             let mut names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
             names.sort_unstable();
             if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
-                return Err(FormatError::DuplicateTensor {
-                    tensor: w[0].to_string(),
-                });
+                return Err(FormatError::DuplicateTensor { tensor: w[0].to_string() });
             }
         }
         let mut slots: Vec<Option<TensorSpec>> = specs.into_iter().map(Some).collect();
@@ -140,17 +119,9 @@ impl Layout {
             let spec = slots[i].take().expect("each input is placed once");
             let end = offset
                 .checked_add(lens[i])
-                .ok_or_else(|| FormatError::ShapeOverflow {
-                    tensor: spec.name.clone(),
-                    shape: spec.shape.clone(),
-                })?;
+                .ok_or_else(|| FormatError::ShapeOverflow { tensor: spec.name.clone(), shape: spec.shape.clone() })?;
             tensors.push(PlannedTensor {
-                info: TensorInfo {
-                    name: spec.name,
-                    dtype: spec.dtype,
-                    shape: spec.shape,
-                    data_offsets: (offset, end),
-                },
+                info: TensorInfo { name: spec.name, dtype: spec.dtype, shape: spec.shape, data_offsets: (offset, end) },
                 input_index: i,
             });
             by_input[i] = pos;
@@ -163,32 +134,21 @@ impl Layout {
         if opts.checksums {
             // The digest travels to the encoder as the placeholder value of the integrity key.
             let digest = header_digest(tensors.iter().map(|t| &t.info), metadata.as_ref());
-            metadata
-                .get_or_insert_with(Metadata::new)
-                .insert(INTEGRITY_KEY.to_string(), checksum_hex(digest));
+            metadata.get_or_insert_with(Metadata::new).insert(INTEGRITY_KEY.to_string(), checksum_hex(digest));
         }
         let (json, slots) = encode_json(&tensors, metadata.as_ref(), opts.checksums);
         let unpadded = json.len();
         let padded_total = (LEN_PREFIX + unpadded).next_multiple_of(align);
         let n = padded_total - LEN_PREFIX;
         if n as u64 > MAX_HEADER_LEN {
-            return Err(FormatError::PlannedHeaderTooLarge {
-                len: n,
-                max: MAX_HEADER_LEN as usize,
-            });
+            return Err(FormatError::PlannedHeaderTooLarge { len: n, max: MAX_HEADER_LEN as usize });
         }
         let mut header = Vec::with_capacity(padded_total);
         header.extend_from_slice(&(n as u64).to_le_bytes());
         header.extend_from_slice(json.as_bytes());
         header.resize(padded_total, b' ');
         let checksum_slots = slots.map(|v| v.into_iter().map(|p| p + LEN_PREFIX).collect());
-        Ok(Layout {
-            tensors,
-            by_input,
-            header,
-            checksum_slots,
-            data_len: offset,
-        })
+        Ok(Layout { tensors, by_input, header, checksum_slots, data_len: offset })
     }
 
     /// Tensors in file order.
@@ -375,15 +335,7 @@ mod tests {
 
     #[test]
     fn empty_file_matches_golden_vector() {
-        let l = Layout::plan(
-            vec![],
-            None,
-            &LayoutOptions {
-                checksums: false,
-                ..Default::default()
-            },
-        )
-        .unwrap();
+        let l = Layout::plan(vec![], None, &LayoutOptions { checksums: false, ..Default::default() }).unwrap();
         assert_eq!(l.header_bytes(), b"\x08\0\0\0\0\0\0\0{}      ");
     }
 
@@ -406,44 +358,23 @@ mod tests {
     #[test]
     fn rejects_bad_specs() {
         let o = LayoutOptions::default();
-        let dup = vec![
-            TensorSpec::new("x", Dtype::U8, [1]),
-            TensorSpec::new("x", Dtype::F32, [1]),
-        ];
-        assert!(matches!(
-            Layout::plan(dup, None, &o),
-            Err(FormatError::DuplicateTensor { .. })
-        ));
+        let dup = vec![TensorSpec::new("x", Dtype::U8, [1]), TensorSpec::new("x", Dtype::F32, [1])];
+        assert!(matches!(Layout::plan(dup, None, &o), Err(FormatError::DuplicateTensor { .. })));
         let reserved = vec![TensorSpec::new("__metadata__", Dtype::U8, [1])];
-        assert!(matches!(
-            Layout::plan(reserved, None, &o),
-            Err(FormatError::ReservedName)
-        ));
+        assert!(matches!(Layout::plan(reserved, None, &o), Err(FormatError::ReservedName)));
         let sub = vec![TensorSpec::new("x", Dtype::F4, [3])];
-        assert!(matches!(
-            Layout::plan(sub, None, &o),
-            Err(FormatError::SubByteMisaligned { .. })
-        ));
+        assert!(matches!(Layout::plan(sub, None, &o), Err(FormatError::SubByteMisaligned { .. })));
         let big = vec![TensorSpec::new("x", Dtype::F64, [usize::MAX / 4])];
-        assert!(matches!(
-            Layout::plan(big, None, &o),
-            Err(FormatError::ShapeOverflow { .. })
-        ));
+        assert!(matches!(Layout::plan(big, None, &o), Err(FormatError::ShapeOverflow { .. })));
     }
 
     #[test]
     fn checksums_round_trip_through_the_parser() {
-        let specs = vec![
-            TensorSpec::new("w\"eird\\name\n", Dtype::F32, [2]),
-            TensorSpec::new("b", Dtype::U8, [3]),
-        ];
+        let specs = vec![TensorSpec::new("w\"eird\\name\n", Dtype::F32, [2]), TensorSpec::new("b", Dtype::U8, [3])];
         let mut meta = Metadata::new();
         meta.insert("epoch".into(), "3".into());
         meta.insert(INTEGRITY_KEY.into(), "stale".into());
-        let opts = LayoutOptions {
-            checksums: true,
-            data_alignment: 4096,
-        };
+        let opts = LayoutOptions { checksums: true, data_alignment: 4096 };
         let l = Layout::plan(specs, Some(meta), &opts).unwrap();
         assert_eq!(l.data_start() % 4096, 0);
         let data = [1u8, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11];

@@ -43,9 +43,7 @@ use std::borrow::Cow;
 
 pub use dtype::{Dtype, UnknownDtype, numel};
 pub use error::{FormatError, Result};
-pub use header::{
-    Header, LEN_PREFIX, MAX_HEADER_LEN, METADATA_KEY, Metadata, TensorInfo, read_header_len,
-};
+pub use header::{Header, LEN_PREFIX, MAX_HEADER_LEN, METADATA_KEY, Metadata, TensorInfo, read_header_len};
 pub use index::ShardIndex;
 pub use integrity::{INTEGRITY_KEY, Integrity};
 pub use json::{MAX_DEPTH, escape_into, write_json_string};
@@ -64,9 +62,7 @@ pub trait TensorSource: Sync {
     fn data(&self) -> Cow<'_, [u8]>;
     /// Length of [`TensorSource::data`] in bytes, without producing the data.
     fn data_len(&self) -> usize {
-        numel(self.shape())
-            .and_then(|n| self.dtype().byte_len(n))
-            .unwrap_or(usize::MAX)
+        numel(self.shape()).and_then(|n| self.dtype().byte_len(n)).unwrap_or(usize::MAX)
     }
 }
 
@@ -99,20 +95,12 @@ pub struct RawTensor<'a> {
 impl<'a> RawTensor<'a> {
     /// A tensor over borrowed bytes.
     pub fn borrowed(dtype: Dtype, shape: impl Into<Vec<usize>>, data: &'a [u8]) -> Self {
-        RawTensor {
-            dtype,
-            shape: shape.into(),
-            data: Cow::Borrowed(data),
-        }
+        RawTensor { dtype, shape: shape.into(), data: Cow::Borrowed(data) }
     }
 
     /// A tensor owning its bytes.
     pub fn owned(dtype: Dtype, shape: impl Into<Vec<usize>>, data: Vec<u8>) -> RawTensor<'static> {
-        RawTensor {
-            dtype,
-            shape: shape.into(),
-            data: Cow::Owned(data),
-        }
+        RawTensor { dtype, shape: shape.into(), data: Cow::Owned(data) }
     }
 }
 

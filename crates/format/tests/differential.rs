@@ -16,8 +16,7 @@ trait TryFromStr {
 
 impl TryFromStr for StDtype {
     fn try_from_str(s: &str) -> StDtype {
-        serde_json::from_value(serde_json::Value::String(s.to_string()))
-            .expect("every dtype is known to the crate")
+        serde_json::from_value(serde_json::Value::String(s.to_string())).expect("every dtype is known to the crate")
     }
 }
 
@@ -27,11 +26,7 @@ fn any_dtype() -> impl Strategy<Value = Dtype> {
 
 /// Names that exercise JSON escaping, non-ASCII and bytewise ordering.
 fn any_name() -> impl Strategy<Value = String> {
-    prop_oneof![
-        "[a-z]{1,3}(\\.[a-z0-9]{1,4}){0,3}",
-        "[ -~]{0,12}",
-        "[\\u{0}-\\u{1f}\"\\\\é😀a]{1,6}",
-    ]
+    prop_oneof!["[a-z]{1,3}(\\.[a-z0-9]{1,4}){0,3}", "[ -~]{0,12}", "[\\u{0}-\\u{1f}\"\\\\é😀a]{1,6}",]
 }
 
 #[derive(Debug, Clone)]
@@ -43,48 +38,29 @@ struct Tensor {
 }
 
 fn any_tensor() -> impl Strategy<Value = Tensor> {
-    (
-        any_name(),
-        any_dtype(),
-        proptest::collection::vec(0usize..5, 0..4),
-    )
-        .prop_flat_map(|(name, dtype, mut shape)| {
-            // Sub-byte dtypes need whole bytes: make the element count a multiple of 8.
-            if dtype.bits() % 8 != 0 {
-                shape.push(8);
-            }
-            let len = dtype.byte_len(shape.iter().product()).unwrap();
-            proptest::collection::vec(any::<u8>(), len).prop_map(move |data| Tensor {
-                name: name.clone(),
-                dtype,
-                shape: shape.clone(),
-                data,
-            })
+    (any_name(), any_dtype(), proptest::collection::vec(0usize..5, 0..4)).prop_flat_map(|(name, dtype, mut shape)| {
+        // Sub-byte dtypes need whole bytes: make the element count a multiple of 8.
+        if dtype.bits() % 8 != 0 {
+            shape.push(8);
+        }
+        let len = dtype.byte_len(shape.iter().product()).unwrap();
+        proptest::collection::vec(any::<u8>(), len).prop_map(move |data| Tensor {
+            name: name.clone(),
+            dtype,
+            shape: shape.clone(),
+            data,
         })
+    })
 }
 
 fn unique(tensors: Vec<Tensor>) -> Vec<Tensor> {
     let mut seen = std::collections::HashSet::new();
-    tensors
-        .into_iter()
-        .filter(|t| t.name != "__metadata__" && seen.insert(t.name.clone()))
-        .collect()
+    tensors.into_iter().filter(|t| t.name != "__metadata__" && seen.insert(t.name.clone())).collect()
 }
 
 fn ours(tensors: &[Tensor], metadata: Option<Metadata>, checksums: bool) -> Vec<u8> {
-    let specs = tensors
-        .iter()
-        .map(|t| TensorSpec::new(t.name.clone(), t.dtype, t.shape.clone()))
-        .collect();
-    let layout = Layout::plan(
-        specs,
-        metadata,
-        &LayoutOptions {
-            checksums,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let specs = tensors.iter().map(|t| TensorSpec::new(t.name.clone(), t.dtype, t.shape.clone())).collect();
+    let layout = Layout::plan(specs, metadata, &LayoutOptions { checksums, ..Default::default() }).unwrap();
     let mut file = layout.header_bytes().to_vec();
     for p in layout.tensors() {
         file.extend_from_slice(&tensors[p.input_index].data);
@@ -95,12 +71,7 @@ fn ours(tensors: &[Tensor], metadata: Option<Metadata>, checksums: bool) -> Vec<
 fn reference(tensors: &[Tensor], metadata: Option<HashMap<String, String>>) -> Vec<u8> {
     let views: Vec<(String, TensorView<'_>)> = tensors
         .iter()
-        .map(|t| {
-            (
-                t.name.clone(),
-                TensorView::new(st_dtype(t.dtype), t.shape.clone(), &t.data).unwrap(),
-            )
-        })
+        .map(|t| (t.name.clone(), TensorView::new(st_dtype(t.dtype), t.shape.clone(), &t.data).unwrap()))
         .collect();
     safetensors::serialize(views, metadata).unwrap()
 }
@@ -207,12 +178,7 @@ fn reference_writes_unreadable_file_for_empty_metadata_and_no_tensors() {
 fn every_dtype_sorts_like_the_reference() {
     let tensors: Vec<Tensor> = Dtype::ALL
         .iter()
-        .map(|&d| Tensor {
-            name: format!("t_{d}"),
-            dtype: d,
-            shape: vec![8],
-            data: vec![7; d.byte_len(8).unwrap()],
-        })
+        .map(|&d| Tensor { name: format!("t_{d}"), dtype: d, shape: vec![8], data: vec![7; d.byte_len(8).unwrap()] })
         .collect();
     assert_eq!(ours(&tensors, None, false), reference(&tensors, None));
 }

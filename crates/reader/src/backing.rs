@@ -37,10 +37,7 @@ impl Backing {
     pub(crate) fn owned(bytes: &[u8]) -> Backing {
         let mut words = vec![0u64; bytes.len().div_ceil(8)];
         bytemuck::cast_slice_mut::<u64, u8>(&mut words)[..bytes.len()].copy_from_slice(bytes);
-        Backing::Owned {
-            words,
-            len: bytes.len(),
-        }
+        Backing::Owned { words, len: bytes.len() }
     }
 
     pub(crate) fn bytes(&self) -> &[u8] {

@@ -20,11 +20,7 @@ pub trait Element: bytemuck::Pod + Send + Sync + 'static {
 
     /// Names of the accepted dtypes, for error messages.
     fn dtype_names() -> String {
-        Self::DTYPES
-            .iter()
-            .map(|d| d.as_str())
-            .collect::<Vec<_>>()
-            .join(" or ")
+        Self::DTYPES.iter().map(|d| d.as_str()).collect::<Vec<_>>().join(" or ")
     }
 }
 

@@ -54,9 +54,7 @@ pub enum ReadError {
         align: usize,
     },
     /// Zero-copy typed views of multi-byte types are impossible on big-endian hosts.
-    #[error(
-        "tensor `{tensor}`: zero-copy typed views need a little-endian host; use a copying read, which byte-swaps"
-    )]
+    #[error("tensor `{tensor}`: zero-copy typed views need a little-endian host; use a copying read, which byte-swaps")]
     BigEndianHost {
         /// The tensor.
         tensor: String,
@@ -81,10 +79,7 @@ pub enum ReadError {
 
 impl ReadError {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        ReadError::Io {
-            path: path.into(),
-            source,
-        }
+        ReadError::Io { path: path.into(), source }
     }
 
     /// The structural error underneath, if this is one.

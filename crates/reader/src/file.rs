@@ -117,20 +117,12 @@ impl Reader {
 
     fn from_backing(path: PathBuf, file: Option<File>, backing: Backing) -> Result<Reader> {
         let bytes = backing.bytes();
-        let fmt = |source| ReadError::Format {
-            path: path.clone(),
-            source,
-        };
+        let fmt = |source| ReadError::Format { path: path.clone(), source };
         let n = read_header_len(bytes, bytes.len() as u64).map_err(fmt)?;
         let json = &bytes[LEN_PREFIX..LEN_PREFIX + n];
         let header = Header::parse_json(json).map_err(fmt)?;
         header.check_file_len(bytes.len() as u64).map_err(fmt)?;
-        Ok(Reader {
-            path,
-            file,
-            backing,
-            header,
-        })
+        Ok(Reader { path, file, backing, header })
     }
 
     /// The file's path (or the name given to [`Reader::from_bytes`]).
@@ -191,10 +183,7 @@ impl Reader {
 
     /// The tensor called `name`, or an error naming the file and the tensor.
     pub fn tensor(&self, name: &str) -> Result<TensorView<'_>> {
-        self.get(name).ok_or_else(|| ReadError::TensorNotFound {
-            path: self.path.clone(),
-            name: name.to_string(),
-        })
+        self.get(name).ok_or_else(|| ReadError::TensorNotFound { path: self.path.clone(), name: name.to_string() })
     }
 
     /// Every tensor, in file order.
@@ -204,17 +193,12 @@ impl Reader {
 
     /// Tensor names in bytewise order.
     pub fn names(&self) -> Vec<&str> {
-        self.header
-            .by_name()
-            .into_iter()
-            .map(|t| t.name.as_str())
-            .collect()
+        self.header.by_name().into_iter().map(|t| t.name.as_str()).collect()
     }
 
     /// Hints the kernel about how the whole data section will be read.
     pub fn advise(&self, advice: Advice) {
-        self.backing
-            .advise(advice, self.header.data_start(), self.header.data_len());
+        self.backing.advise(advice, self.header.data_start(), self.header.data_len());
     }
 
     /// Asks the kernel to start reading these tensors' pages in the background
@@ -223,8 +207,7 @@ impl Reader {
         for name in names {
             let t = self.tensor(name)?;
             let (b, e) = t.info().data_offsets;
-            self.backing
-                .advise(Advice::WillNeed, self.header.data_start() + b, e - b);
+            self.backing.advise(Advice::WillNeed, self.header.data_start() + b, e - b);
         }
         Ok(())
     }

@@ -23,18 +23,14 @@
 //! println!("{} {:?} {} values, {} bytes of rows", w.dtype(), w.shape(), values.len(), first_rows.len());
 //! # Ok::<(), safeckpt_reader::ReadError>(())
 //! ```
-#![deny(
-    missing_docs,
-    unsafe_op_in_unsafe_fn,
-    clippy::undocumented_unsafe_blocks,
-    clippy::missing_safety_doc
-)]
+#![deny(missing_docs, unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
 
 mod backing;
 mod element;
 mod error;
 mod file;
 mod load;
+mod mapped;
 mod sharded;
 mod verify;
 mod view;
@@ -43,6 +39,7 @@ pub use element::{Element, swap_bytes_in_place};
 pub use error::{ReadError, Result};
 pub use file::{ReadOptions, Reader};
 pub use load::{LoadMethod, LoadOptions, OwnedData, OwnedTensor, alloc_zeroed};
+pub use mapped::MappedFile;
 pub use memmap2::Advice;
 pub use safeckpt_format as format;
 pub use sharded::ShardedReader;

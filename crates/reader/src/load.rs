@@ -98,13 +98,7 @@ pub fn alloc_zeroed<T: Element>(n: usize, huge_pages: bool) -> Vec<T> {
             // SAFETY: [aligned, end) lies inside the vector's own allocation, which this function
             // owns and nobody else references yet. MADV_HUGEPAGE only changes how the kernel backs
             // the range, never its contents, so the zeroed invariant holds.
-            let _ = unsafe {
-                libc::madvise(
-                    aligned as *mut libc::c_void,
-                    end - aligned,
-                    libc::MADV_HUGEPAGE,
-                )
-            };
+            let _ = unsafe { libc::madvise(aligned as *mut libc::c_void, end - aligned, libc::MADV_HUGEPAGE) };
         }
     }
     v
@@ -121,10 +115,7 @@ pub struct LoadOptions {
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        LoadOptions {
-            method: LoadMethod::Auto,
-            huge_pages: false,
-        }
+        LoadOptions { method: LoadMethod::Auto, huge_pages: false }
     }
 }
 
@@ -164,20 +155,16 @@ impl Reader {
             LoadMethod::Auto | LoadMethod::Pread => self.file(),
         };
         let base = (self.header().data_start() + view.info().data_offsets.0) as u64;
-        dst.par_chunks_mut(COPY_CHUNK)
-            .enumerate()
-            .try_for_each(|(i, chunk)| {
-                let off = i * COPY_CHUNK;
-                match file {
-                    Some(f) => f
-                        .read_exact_at(chunk, base + off as u64)
-                        .map_err(|e| ReadError::io(self.path(), e)),
-                    None => {
-                        chunk.copy_from_slice(&src[off..off + chunk.len()]);
-                        Ok(())
-                    }
+        dst.par_chunks_mut(COPY_CHUNK).enumerate().try_for_each(|(i, chunk)| {
+            let off = i * COPY_CHUNK;
+            match file {
+                Some(f) => f.read_exact_at(chunk, base + off as u64).map_err(|e| ReadError::io(self.path(), e)),
+                None => {
+                    chunk.copy_from_slice(&src[off..off + chunk.len()]);
+                    Ok(())
                 }
-            })?;
+            }
+        })?;
         if cfg!(target_endian = "big") {
             swap_bytes_in_place(dst, T::SWAP_UNIT);
         }
@@ -213,12 +200,7 @@ impl Reader {
             // Sub-byte types have no element type: their packed bytes, as stored.
             _ => OwnedData::U8(v.data().to_vec()),
         };
-        Ok(OwnedTensor {
-            name: v.name().to_string(),
-            dtype: v.dtype(),
-            shape: v.shape().to_vec(),
-            data,
-        })
+        Ok(OwnedTensor { name: v.name().to_string(), dtype: v.dtype(), shape: v.shape().to_vec(), data })
     }
 
     /// Copies every tensor into owned vectors, in parallel, in file order.
@@ -232,9 +214,6 @@ impl Reader {
             self.advise(Advice::WillNeed);
         }
         let views: Vec<TensorView<'_>> = self.tensors().collect();
-        views
-            .into_par_iter()
-            .map(|v| self.load_owned_view(v, opts))
-            .collect()
+        views.into_par_iter().map(|v| self.load_owned_view(v, opts)).collect()
     }
 }

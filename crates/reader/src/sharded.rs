@@ -39,39 +39,21 @@ impl ShardedReader {
             Self::open_index(path, opts)
         } else {
             let reader = Reader::open_with(path, opts)?;
-            let routing = reader
-                .tensors()
-                .map(|t| (t.name().to_string(), 0))
-                .collect();
-            Ok(ShardedReader {
-                path: path.to_path_buf(),
-                index: None,
-                shards: vec![reader],
-                routing,
-            })
+            let routing = reader.tensors().map(|t| (t.name().to_string(), 0)).collect();
+            Ok(ShardedReader { path: path.to_path_buf(), index: None, shards: vec![reader], routing })
         }
     }
 
     fn open_index(path: &Path, opts: &ReadOptions) -> Result<Self> {
-        let err = |reason: String| ReadError::Index {
-            index: path.to_path_buf(),
-            reason,
-        };
+        let err = |reason: String| ReadError::Index { index: path.to_path_buf(), reason };
         let meta = std::fs::metadata(path).map_err(|e| ReadError::io(path, e))?;
         if meta.len() > MAX_INDEX_LEN {
-            return Err(err(format!(
-                "index is {} bytes, over the limit of {MAX_INDEX_LEN}",
-                meta.len()
-            )));
+            return Err(err(format!("index is {} bytes, over the limit of {MAX_INDEX_LEN}", meta.len())));
         }
         let bytes = std::fs::read(path).map_err(|e| ReadError::io(path, e))?;
         let index = ShardIndex::parse(&bytes).map_err(|e| err(e.to_string()))?;
         let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        let dir = if dir.as_os_str().is_empty() {
-            PathBuf::from(".")
-        } else {
-            dir
-        };
+        let dir = if dir.as_os_str().is_empty() { PathBuf::from(".") } else { dir };
         let canonical_dir = dir.canonicalize().map_err(|e| ReadError::io(&dir, e))?;
         // An example tensor per shard, for messages.
         let mut example: HashMap<&str, &str> = HashMap::new();
@@ -83,11 +65,9 @@ impl ShardedReader {
         for shard in &shard_names {
             let file = dir.join(shard);
             let holder = example.get(shard).copied().unwrap_or_default();
-            let real = file.canonicalize().map_err(|e| {
-                err(format!(
-                    "shard `{shard}` (which holds tensor `{holder}`) cannot be opened: {e}"
-                ))
-            })?;
+            let real = file
+                .canonicalize()
+                .map_err(|e| err(format!("shard `{shard}` (which holds tensor `{holder}`) cannot be opened: {e}")))?;
             if !real.starts_with(&canonical_dir) {
                 return Err(err(format!(
                     "shard `{shard}` resolves to {}, outside the index's directory",
@@ -96,11 +76,7 @@ impl ShardedReader {
             }
             shards.push(Reader::open_with(&file, opts)?);
         }
-        let position: HashMap<&str, usize> = shard_names
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (*s, i))
-            .collect();
+        let position: HashMap<&str, usize> = shard_names.iter().enumerate().map(|(i, s)| (*s, i)).collect();
         let mut routing: HashMap<String, usize> = HashMap::with_capacity(index.weight_map.len());
         for (i, reader) in shards.iter().enumerate() {
             let shard = shard_names[i];
@@ -130,12 +106,7 @@ impl ShardedReader {
                 )));
             }
         }
-        Ok(ShardedReader {
-            path: path.to_path_buf(),
-            index: Some(index),
-            shards,
-            routing,
-        })
+        Ok(ShardedReader { path: path.to_path_buf(), index: Some(index), shards, routing })
     }
 
     /// The index or file path this was opened from.
@@ -165,17 +136,12 @@ impl ShardedReader {
 
     /// The tensor called `name`.
     pub fn get(&self, name: &str) -> Option<TensorView<'_>> {
-        self.routing
-            .get(name)
-            .and_then(|&i| self.shards[i].get(name))
+        self.routing.get(name).and_then(|&i| self.shards[i].get(name))
     }
 
     /// The tensor called `name`, or an error naming the set and the tensor.
     pub fn tensor(&self, name: &str) -> Result<TensorView<'_>> {
-        self.get(name).ok_or_else(|| ReadError::TensorNotFound {
-            path: self.path.clone(),
-            name: name.to_string(),
-        })
+        self.get(name).ok_or_else(|| ReadError::TensorNotFound { path: self.path.clone(), name: name.to_string() })
     }
 
     /// The shard holding `name`.
@@ -197,10 +163,7 @@ impl ShardedReader {
 
     /// Total bytes of tensor data.
     pub fn data_len(&self) -> u64 {
-        self.shards
-            .iter()
-            .map(|s| s.header().data_len() as u64)
-            .sum()
+        self.shards.iter().map(|s| s.header().data_len() as u64).sum()
     }
 
     /// Verifies every shard.
@@ -209,13 +172,7 @@ impl ShardedReader {
     }
 
     /// [`ShardedReader::verify`] with a progress callback (bytes hashed since the last call).
-    pub fn verify_with_progress(
-        &self,
-        progress: &(dyn Fn(u64) + Sync),
-    ) -> Result<Vec<VerifyReport>> {
-        self.shards
-            .iter()
-            .map(|s| s.verify_with_progress(progress))
-            .collect()
+    pub fn verify_with_progress(&self, progress: &(dyn Fn(u64) + Sync)) -> Result<Vec<VerifyReport>> {
+        self.shards.iter().map(|s| s.verify_with_progress(progress)).collect()
     }
 }

@@ -47,11 +47,7 @@ impl std::fmt::Display for IntegrityFailure {
             IntegrityFailure::HeaderMismatch => {
                 f.write_str("header checksum mismatch: the tensor table or metadata was altered")
             }
-            IntegrityFailure::Tensor {
-                name,
-                expected,
-                actual,
-            } => write!(
+            IntegrityFailure::Tensor { name, expected, actual } => write!(
                 f,
                 "tensor `{name}`: checksum mismatch (recorded {}, found {})",
                 checksum_hex(*expected),
@@ -61,10 +57,7 @@ impl std::fmt::Display for IntegrityFailure {
                 write!(f, "tensor `{name}`: no checksum recorded")
             }
             IntegrityFailure::UnknownEntry { name } => {
-                write!(
-                    f,
-                    "integrity record lists `{name}`, which is not in the file"
-                )
+                write!(f, "integrity record lists `{name}`, which is not in the file")
             }
         }
     }
@@ -96,10 +89,8 @@ impl VerifyReport {
 impl Reader {
     /// The file's integrity record, if it has one.
     pub fn integrity(&self) -> Result<Option<Integrity>> {
-        Integrity::from_header(self.header()).map_err(|source| ReadError::Format {
-            path: self.path().to_path_buf(),
-            source,
-        })
+        Integrity::from_header(self.header())
+            .map_err(|source| ReadError::Format { path: self.path().to_path_buf(), source })
     }
 
     /// Verifies every checksum, hashing tensors in parallel. The structure was already validated
@@ -138,12 +129,7 @@ impl Reader {
             .enumerate()
             .filter_map(|(i, v)| {
                 let Some(&expected) = integrity.tensors.get(v.name()) else {
-                    return Some((
-                        i,
-                        IntegrityFailure::NoChecksum {
-                            name: v.name().to_string(),
-                        },
-                    ));
+                    return Some((i, IntegrityFailure::NoChecksum { name: v.name().to_string() }));
                 };
                 let mut h = Checksummer::new();
                 for chunk in v.data().chunks(PROGRESS_CHUNK) {
@@ -152,16 +138,8 @@ impl Reader {
                 }
                 bytes.fetch_add(v.data().len() as u64, Ordering::Relaxed);
                 let actual = h.finish();
-                (actual != expected).then(|| {
-                    (
-                        i,
-                        IntegrityFailure::Tensor {
-                            name: v.name().to_string(),
-                            expected,
-                            actual,
-                        },
-                    )
-                })
+                (actual != expected)
+                    .then(|| (i, IntegrityFailure::Tensor { name: v.name().to_string(), expected, actual }))
             })
             .collect();
         tensor_failures.sort_by_key(|(i, _)| *i);

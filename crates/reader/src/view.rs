@@ -75,14 +75,10 @@ impl<'data> TensorView<'data> {
     pub fn as_slice<T: Element>(&self) -> Result<&'data [T]> {
         self.check_dtype::<T>()?;
         if cfg!(target_endian = "big") && T::SWAP_UNIT > 1 {
-            return Err(ReadError::BigEndianHost {
-                tensor: self.info.name.clone(),
-            });
+            return Err(ReadError::BigEndianHost { tensor: self.info.name.clone() });
         }
-        bytemuck::try_cast_slice(self.data).map_err(|_| ReadError::Misaligned {
-            tensor: self.info.name.clone(),
-            align: std::mem::align_of::<T>(),
-        })
+        bytemuck::try_cast_slice(self.data)
+            .map_err(|_| ReadError::Misaligned { tensor: self.info.name.clone(), align: std::mem::align_of::<T>() })
     }
 
     /// The elements, borrowed when a zero-copy view is possible and copied (and byte-swapped on
@@ -90,9 +86,7 @@ impl<'data> TensorView<'data> {
     pub fn typed<T: Element>(&self) -> Result<Cow<'data, [T]>> {
         match self.as_slice::<T>() {
             Ok(s) => Ok(Cow::Borrowed(s)),
-            Err(ReadError::Misaligned { .. } | ReadError::BigEndianHost { .. }) => {
-                self.to_vec().map(Cow::Owned)
-            }
+            Err(ReadError::Misaligned { .. } | ReadError::BigEndianHost { .. }) => self.to_vec().map(Cow::Owned),
             Err(e) => Err(e),
         }
     }
@@ -118,11 +112,8 @@ impl<'data> TensorView<'data> {
                 reason: format!("dimension {dim} out of range for rank {}", shape.len()),
             });
         }
-        let ranges: Vec<Range<usize>> = shape
-            .iter()
-            .enumerate()
-            .map(|(i, &d)| if i == dim { range.clone() } else { 0..d })
-            .collect();
+        let ranges: Vec<Range<usize>> =
+            shape.iter().enumerate().map(|(i, &d)| if i == dim { range.clone() } else { 0..d }).collect();
         self.slice(&ranges)
     }
 }
@@ -156,35 +147,21 @@ pub struct TensorSlice<'data> {
 impl<'data> TensorSlice<'data> {
     fn new(view: TensorView<'data>, ranges: &[Range<usize>]) -> Result<Self> {
         let shape = view.shape();
-        let err = |reason: String| ReadError::InvalidSlice {
-            tensor: view.name().to_string(),
-            reason,
-        };
+        let err = |reason: String| ReadError::InvalidSlice { tensor: view.name().to_string(), reason };
         if ranges.len() > shape.len() {
-            return Err(err(format!(
-                "{} ranges for a tensor of rank {}",
-                ranges.len(),
-                shape.len()
-            )));
+            return Err(err(format!("{} ranges for a tensor of rank {}", ranges.len(), shape.len())));
         }
         let mut full: Vec<Range<usize>> = Vec::with_capacity(shape.len());
         for (i, &d) in shape.iter().enumerate() {
             let r = ranges.get(i).cloned().unwrap_or(0..d);
             if r.start > r.end || r.end > d {
-                return Err(err(format!(
-                    "range {}..{} does not fit dimension {i} of size {d}",
-                    r.start, r.end
-                )));
+                return Err(err(format!("range {}..{} does not fit dimension {i} of size {d}", r.start, r.end)));
             }
             full.push(r);
         }
         let out_shape: Vec<usize> = full.iter().map(|r| r.end - r.start).collect();
         // The innermost dimension whose range is partial decides the run length.
-        let split = full
-            .iter()
-            .zip(shape)
-            .rposition(|(r, &d)| r.end - r.start != d)
-            .unwrap_or(0);
+        let split = full.iter().zip(shape).rposition(|(r, &d)| r.end - r.start != d).unwrap_or(0);
         let bits = view.dtype().bits();
         let inner: usize = shape.iter().skip(split + 1).product();
         let run_elems = out_shape.get(split).copied().unwrap_or(1) * inner;
@@ -194,16 +171,9 @@ impl<'data> TensorSlice<'data> {
             // Sub-byte types: every run must start and end on a byte boundary.
             let strides = strides(shape);
             let aligned = |elems: usize| (elems * bits) % 8 == 0;
-            let starts_ok = full
-                .iter()
-                .zip(&strides)
-                .take(split + 1)
-                .all(|(r, &s)| aligned(r.start * s) && aligned(s));
+            let starts_ok = full.iter().zip(&strides).take(split + 1).all(|(r, &s)| aligned(r.start * s) && aligned(s));
             if !aligned(run_elems) || !starts_ok {
-                return Err(err(format!(
-                    "{} slice does not fall on byte boundaries",
-                    view.dtype()
-                )));
+                return Err(err(format!("{} slice does not fall on byte boundaries", view.dtype())));
             }
         }
         Ok(TensorSlice {
@@ -238,16 +208,14 @@ impl<'data> TensorSlice<'data> {
         let bits = self.view.dtype().bits();
         let split = self.split;
         let mut idx: Vec<usize> = self.ranges.iter().take(split).map(|r| r.start).collect();
-        let base_split = self.ranges.get(split).map_or(0, |r| r.start)
-            * strides.get(split).copied().unwrap_or(0);
+        let base_split = self.ranges.get(split).map_or(0, |r| r.start) * strides.get(split).copied().unwrap_or(0);
         let mut remaining = self.runs;
         std::iter::from_fn(move || {
             if remaining == 0 {
                 return None;
             }
             remaining -= 1;
-            let elem: usize =
-                idx.iter().zip(&strides).map(|(i, s)| i * s).sum::<usize>() + base_split;
+            let elem: usize = idx.iter().zip(&strides).map(|(i, s)| i * s).sum::<usize>() + base_split;
             let start = elem * bits / 8;
             let r = start..start + self.run_bytes;
             // Advance the odometer over the leading dimensions.
@@ -276,18 +244,11 @@ impl<'data> TensorSlice<'data> {
         if out.len() != self.byte_len() {
             return Err(ReadError::InvalidSlice {
                 tensor: self.view.name().to_string(),
-                reason: format!(
-                    "output buffer is {} bytes, slice is {}",
-                    out.len(),
-                    self.byte_len()
-                ),
+                reason: format!("output buffer is {} bytes, slice is {}", out.len(), self.byte_len()),
             });
         }
         let data = self.view.data();
-        for (dst, r) in out
-            .chunks_exact_mut(self.run_bytes.max(1))
-            .zip(self.byte_ranges())
-        {
+        for (dst, r) in out.chunks_exact_mut(self.run_bytes.max(1)).zip(self.byte_ranges()) {
             dst.copy_from_slice(&data[r]);
         }
         Ok(())
@@ -296,8 +257,7 @@ impl<'data> TensorSlice<'data> {
     /// The slice's bytes, copied.
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut out = vec![0u8; self.byte_len()];
-        self.copy_into(&mut out)
-            .expect("buffer has the slice's length");
+        self.copy_into(&mut out).expect("buffer has the slice's length");
         out
     }
 

@@ -14,15 +14,9 @@ pub fn f32_bytes(values: &[f32]) -> Vec<u8> {
 }
 
 /// Writes `(name, dtype, shape, bytes)` tensors with our writer.
-pub fn write(
-    path: &Path,
-    tensors: &[(&str, Dtype, Vec<usize>, Vec<u8>)],
-    metadata: Option<Metadata>,
-) {
-    let sources: Vec<(&str, RawTensor<'_>)> = tensors
-        .iter()
-        .map(|(n, d, s, b)| (*n, RawTensor::borrowed(*d, s.clone(), b)))
-        .collect();
+pub fn write(path: &Path, tensors: &[(&str, Dtype, Vec<usize>, Vec<u8>)], metadata: Option<Metadata>) {
+    let sources: Vec<(&str, RawTensor<'_>)> =
+        tensors.iter().map(|(n, d, s, b)| (*n, RawTensor::borrowed(*d, s.clone(), b))).collect();
     write_file(path, &sources, metadata, &WriteOptions::new().fsync(false)).unwrap();
 }
 

@@ -13,18 +13,9 @@ fn check(file: &str, expected: &serde_json::Value) {
     for (name, w) in want {
         let t = r.tensor(name).unwrap();
         assert_eq!(t.dtype().as_str(), w["dtype"].as_str().unwrap(), "{name}");
-        let shape: Vec<usize> = w["shape"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|d| d.as_u64().unwrap() as usize)
-            .collect();
+        let shape: Vec<usize> = w["shape"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap() as usize).collect();
         assert_eq!(t.shape(), &shape[..], "{name}");
-        assert_eq!(
-            hex(&Sha256::digest(t.data())),
-            w["sha256"].as_str().unwrap(),
-            "{name}"
-        );
+        assert_eq!(hex(&Sha256::digest(t.data())), w["sha256"].as_str().unwrap(), "{name}");
     }
 }
 
@@ -35,8 +26,7 @@ fn hex(b: &[u8]) -> String {
 #[test]
 fn python_written_files_read_identically() {
     let expected: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(fixtures().join("interop/expected.json")).unwrap())
-            .unwrap();
+        serde_json::from_slice(&std::fs::read(fixtures().join("interop/expected.json")).unwrap()).unwrap();
     check("python_all_dtypes.safetensors", &expected["tensors"]);
     check("python_numpy.safetensors", &expected["numpy"]);
     let r = Reader::open(fixtures().join("interop/python_all_dtypes.safetensors")).unwrap();
@@ -44,10 +34,6 @@ fn python_written_files_read_identically() {
     for (k, v) in expected["metadata"].as_object().unwrap() {
         assert_eq!(meta.get(k).map(String::as_str), v.as_str(), "{k}");
     }
-    let bf: &[half::bf16] = r
-        .tensor("layers.0.attn.q_proj.weight")
-        .unwrap()
-        .as_slice()
-        .unwrap();
+    let bf: &[half::bf16] = r.tensor("layers.0.attn.q_proj.weight").unwrap().as_slice().unwrap();
     assert_eq!(bf.len(), 16);
 }

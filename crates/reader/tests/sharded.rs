@@ -8,29 +8,15 @@ use safeckpt_reader::{ReadError, ShardedReader};
 use crate::common::write;
 
 fn shard(dir: &Path, file: &str, names: &[&str]) {
-    let tensors: Vec<(&str, Dtype, Vec<usize>, Vec<u8>)> = names
-        .iter()
-        .map(|n| {
-            (
-                *n,
-                Dtype::U8,
-                vec![2],
-                n.as_bytes()[..2.min(n.len())].to_vec(),
-            )
-        })
-        .collect();
-    let tensors: Vec<_> = tensors
-        .into_iter()
-        .map(|(n, d, _, b)| (n, d, vec![b.len()], b))
-        .collect();
+    let tensors: Vec<(&str, Dtype, Vec<usize>, Vec<u8>)> =
+        names.iter().map(|n| (*n, Dtype::U8, vec![2], n.as_bytes()[..2.min(n.len())].to_vec())).collect();
+    let tensors: Vec<_> = tensors.into_iter().map(|(n, d, _, b)| (n, d, vec![b.len()], b)).collect();
     write(&dir.join(file), &tensors, None);
 }
 
 fn index(dir: &Path, entries: &[(&str, &str)]) -> std::path::PathBuf {
-    let map: serde_json::Map<String, serde_json::Value> = entries
-        .iter()
-        .map(|(k, v)| (k.to_string(), serde_json::Value::from(*v)))
-        .collect();
+    let map: serde_json::Map<String, serde_json::Value> =
+        entries.iter().map(|(k, v)| (k.to_string(), serde_json::Value::from(*v))).collect();
     let doc = serde_json::json!({"metadata": {"total_size": 0}, "weight_map": map});
     let p = dir.join("model.safetensors.index.json");
     std::fs::write(&p, doc.to_string()).unwrap();
@@ -49,35 +35,15 @@ fn one_namespace_over_all_shards() {
     let d = tempfile::tempdir().unwrap();
     shard(d.path(), "a.safetensors", &["x1", "x2"]);
     shard(d.path(), "b.safetensors", &["y1"]);
-    let p = index(
-        d.path(),
-        &[
-            ("x1", "a.safetensors"),
-            ("x2", "a.safetensors"),
-            ("y1", "b.safetensors"),
-        ],
-    );
+    let p = index(d.path(), &[("x1", "a.safetensors"), ("x2", "a.safetensors"), ("y1", "b.safetensors")]);
     let set = ShardedReader::open(&p).unwrap();
     assert_eq!(set.len(), 3);
     assert_eq!(set.names(), ["x1", "x2", "y1"]);
     assert_eq!(set.tensor("y1").unwrap().data(), b"y1");
     assert_eq!(set.shards().len(), 2);
-    assert!(
-        set.shard_of("x2")
-            .unwrap()
-            .path()
-            .ends_with("a.safetensors")
-    );
-    assert!(matches!(
-        set.tensor("zz"),
-        Err(ReadError::TensorNotFound { .. })
-    ));
-    assert!(
-        set.verify()
-            .unwrap()
-            .iter()
-            .all(|r| r.is_ok() && r.has_checksums)
-    );
+    assert!(set.shard_of("x2").unwrap().path().ends_with("a.safetensors"));
+    assert!(matches!(set.tensor("zz"), Err(ReadError::TensorNotFound { .. })));
+    assert!(set.verify().unwrap().iter().all(|r| r.is_ok() && r.has_checksums));
 }
 
 #[test]
@@ -85,25 +51,16 @@ fn a_name_in_two_shards_names_both() {
     let d = tempfile::tempdir().unwrap();
     shard(d.path(), "a.safetensors", &["x1", "dup"]);
     shard(d.path(), "b.safetensors", &["dup"]);
-    let p = index(
-        d.path(),
-        &[("x1", "a.safetensors"), ("dup", "b.safetensors")],
-    );
+    let p = index(d.path(), &[("x1", "a.safetensors"), ("dup", "b.safetensors")]);
     let e = index_error(&p);
-    assert!(
-        e.contains("`dup`") && e.contains("a.safetensors") && e.contains("b.safetensors"),
-        "{e}"
-    );
+    assert!(e.contains("`dup`") && e.contains("a.safetensors") && e.contains("b.safetensors"), "{e}");
 }
 
 #[test]
 fn a_missing_shard_names_it_and_a_tensor() {
     let d = tempfile::tempdir().unwrap();
     shard(d.path(), "a.safetensors", &["x1"]);
-    let p = index(
-        d.path(),
-        &[("x1", "a.safetensors"), ("gone", "b.safetensors")],
-    );
+    let p = index(d.path(), &[("x1", "a.safetensors"), ("gone", "b.safetensors")]);
     let e = index_error(&p);
     assert!(e.contains("b.safetensors") && e.contains("`gone`"), "{e}");
 }
@@ -112,10 +69,7 @@ fn a_missing_shard_names_it_and_a_tensor() {
 fn an_entry_pointing_at_an_absent_tensor_names_both() {
     let d = tempfile::tempdir().unwrap();
     shard(d.path(), "a.safetensors", &["x1"]);
-    let p = index(
-        d.path(),
-        &[("x1", "a.safetensors"), ("ghost", "a.safetensors")],
-    );
+    let p = index(d.path(), &[("x1", "a.safetensors"), ("ghost", "a.safetensors")]);
     let e = index_error(&p);
     assert!(e.contains("`ghost`") && e.contains("a.safetensors"), "{e}");
 }
@@ -135,23 +89,12 @@ fn paths_outside_the_directory_are_refused() {
     let d = outer.path().join("set");
     std::fs::create_dir(&d).unwrap();
     shard(outer.path(), "secret.safetensors", &["s"]);
-    for target in [
-        "../secret.safetensors",
-        "/etc/passwd",
-        "sub/../../secret.safetensors",
-    ] {
+    for target in ["../secret.safetensors", "/etc/passwd", "sub/../../secret.safetensors"] {
         let p = index(&d, &[("s", target)]);
         let e = index_error(&p);
-        assert!(
-            e.contains("points at") || e.contains("outside"),
-            "{target}: {e}"
-        );
+        assert!(e.contains("points at") || e.contains("outside"), "{target}: {e}");
     }
-    std::os::unix::fs::symlink(
-        outer.path().join("secret.safetensors"),
-        d.join("link.safetensors"),
-    )
-    .unwrap();
+    std::os::unix::fs::symlink(outer.path().join("secret.safetensors"), d.join("link.safetensors")).unwrap();
     let p = index(&d, &[("s", "link.safetensors")]);
     let e = index_error(&p);
     assert!(e.contains("outside the index's directory"), "{e}");

@@ -38,26 +38,15 @@ fn every_data_byte_flip_names_its_tensor() {
     let clean = std::fs::read(&p).unwrap();
     let r = Reader::open(&p).unwrap();
     let start = r.header().data_start();
-    let owners: Vec<(String, usize, usize)> = r
-        .tensors()
-        .map(|t| {
-            (
-                t.name().to_string(),
-                t.info().data_offsets.0,
-                t.info().data_offsets.1,
-            )
-        })
-        .collect();
+    let owners: Vec<(String, usize, usize)> =
+        r.tensors().map(|t| (t.name().to_string(), t.info().data_offsets.0, t.info().data_offsets.1)).collect();
     drop(r);
     for at in start..clean.len() {
         let mut bad = clean.clone();
         bad[at] ^= 1 << (at % 8);
         let r = Reader::from_bytes(&bad, "damaged").unwrap();
         let rep = r.verify().unwrap();
-        let owner = owners
-            .iter()
-            .find(|(_, b, e)| (*b..*e).contains(&(at - start)))
-            .unwrap();
+        let owner = owners.iter().find(|(_, b, e)| (*b..*e).contains(&(at - start))).unwrap();
         assert_eq!(rep.failures.len(), 1, "byte {at}");
         assert!(
             matches!(&rep.failures[0], IntegrityFailure::Tensor { name, .. } if *name == owner.0),
@@ -74,26 +63,17 @@ fn altered_metadata_or_shape_fails_the_header_check() {
     let text = std::fs::read(&p).unwrap();
     let edit = |from: &str, to: &str| {
         assert_eq!(from.len(), to.len());
-        let at = text
-            .windows(from.len())
-            .position(|w| w == from.as_bytes())
-            .unwrap();
+        let at = text.windows(from.len()).position(|w| w == from.as_bytes()).unwrap();
         let mut bytes = text.clone();
         bytes[at..at + to.len()].copy_from_slice(to.as_bytes());
-        Reader::from_bytes(&bytes, "edited")
-            .unwrap()
-            .verify()
-            .unwrap()
+        Reader::from_bytes(&bytes, "edited").unwrap().verify().unwrap()
     };
     let rep = edit("\"epoch\":\"7\"", "\"epoch\":\"8\"");
     assert_eq!(rep.failures, vec![IntegrityFailure::HeaderMismatch]);
     // Renaming a tensor leaves it without a recorded checksum and the header digest wrong.
     let rep = edit("\"ids\":{", "\"idz\":{");
     assert!(rep.failures.contains(&IntegrityFailure::HeaderMismatch));
-    assert!(
-        rep.failures
-            .contains(&IntegrityFailure::NoChecksum { name: "idz".into() })
-    );
+    assert!(rep.failures.contains(&IntegrityFailure::NoChecksum { name: "idz".into() }));
 }
 
 #[test]
@@ -101,10 +81,7 @@ fn files_without_checksums_report_structure_only() {
     let d = tempfile::tempdir().unwrap();
     let p = d.path().join("plain.safetensors");
     let data = vec![1u8; 8];
-    let views = vec![(
-        "a",
-        safetensors::tensor::TensorView::new(safetensors::Dtype::U8, vec![8], &data).unwrap(),
-    )];
+    let views = vec![("a", safetensors::tensor::TensorView::new(safetensors::Dtype::U8, vec![8], &data).unwrap())];
     safetensors::serialize_to_file(views, None, &p).unwrap();
     let rep = Reader::open(&p).unwrap().verify().unwrap();
     assert!(rep.is_ok() && !rep.has_checksums);

@@ -32,9 +32,7 @@ impl AtomicFile {
     /// `overwrite` is false.
     pub fn create(target: &Path, overwrite: bool) -> Result<AtomicFile> {
         if !overwrite && target.exists() {
-            return Err(WriteError::Exists {
-                path: target.to_path_buf(),
-            });
+            return Err(WriteError::Exists { path: target.to_path_buf() });
         }
         let name = target
             .file_name()
@@ -49,11 +47,7 @@ impl AtomicFile {
             .create_new(true)
             .open(&temp)
             .map_err(|e| WriteError::io(&temp, e))?;
-        Ok(AtomicFile {
-            target: target.to_path_buf(),
-            temp,
-            file: Some(file),
-        })
+        Ok(AtomicFile { target: target.to_path_buf(), temp, file: Some(file) })
     }
 
     /// The temporary file to write into.
@@ -90,9 +84,7 @@ impl AtomicFile {
 
     /// Flushes the temporary file's data and metadata to stable storage.
     pub fn sync(&self) -> Result<()> {
-        self.file()
-            .sync_all()
-            .map_err(|e| WriteError::io(&self.temp, e))
+        self.file().sync_all().map_err(|e| WriteError::io(&self.temp, e))
     }
 
     /// Renames the temporary file over the target without any flush. Callers that need
@@ -129,8 +121,7 @@ pub fn write_atomic(target: &Path, bytes: &[u8], fsync: bool) -> Result<()> {
     use std::io::Write;
     let tmp = AtomicFile::create(target, true)?;
     let mut f = tmp.file();
-    f.write_all(bytes)
-        .map_err(|e| WriteError::io(tmp.temp_path(), e))?;
+    f.write_all(bytes).map_err(|e| WriteError::io(tmp.temp_path(), e))?;
     tmp.commit(fsync)
 }
 

@@ -79,10 +79,7 @@ pub enum WriteError {
 
 impl WriteError {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        WriteError::Io {
-            path: path.into(),
-            source,
-        }
+        WriteError::Io { path: path.into(), source }
     }
 }
 

@@ -31,10 +31,7 @@ pub struct WriteSummary {
 }
 
 fn fmt_err(path: &Path) -> impl Fn(safeckpt_format::FormatError) -> WriteError + '_ {
-    move |source| WriteError::Format {
-        path: path.to_path_buf(),
-        source,
-    }
+    move |source| WriteError::Format { path: path.to_path_buf(), source }
 }
 
 /// Plans a file, checking that every source's byte length agrees with its dtype and shape.
@@ -44,10 +41,8 @@ pub(crate) fn plan<S: TensorSource>(
     metadata: Option<Metadata>,
     opts: &WriteOptions,
 ) -> Result<Layout> {
-    let specs: Vec<TensorSpec> = tensors
-        .iter()
-        .map(|(n, s)| TensorSpec::new(n.as_ref(), s.dtype(), s.shape().to_vec()))
-        .collect();
+    let specs: Vec<TensorSpec> =
+        tensors.iter().map(|(n, s)| TensorSpec::new(n.as_ref(), s.dtype(), s.shape().to_vec())).collect();
     for (spec, (_, src)) in specs.iter().zip(tensors) {
         let expected = spec.byte_len().map_err(fmt_err(path))?;
         let actual = src.data_len();
@@ -82,8 +77,7 @@ pub(crate) fn write_hashed(
         if hash {
             h.update(chunk);
         }
-        file.write_all_at(chunk, off)
-            .map_err(|e| WriteError::io(path, e))?;
+        file.write_all_at(chunk, off).map_err(|e| WriteError::io(path, e))?;
         off += chunk.len() as u64;
         progress(chunk.len() as u64);
     }
@@ -117,12 +111,40 @@ pub fn write_file_with_progress<S: TensorSource>(
     Ok(staged.summary)
 }
 
-/// A complete file still under its temporary name.
+/// A complete file still under its temporary name: nothing is visible at the target until
+/// [`PendingFile::commit`] (or [`PendingFile::sync`] then [`PendingFile::rename`], to commit a
+/// group of files together). Dropping it removes the temporary file.
 #[derive(Debug)]
-pub(crate) struct Staged {
+pub struct PendingFile {
     pub(crate) tmp: AtomicFile,
     pub(crate) summary: WriteSummary,
 }
+
+impl PendingFile {
+    /// What was written.
+    pub fn summary(&self) -> &WriteSummary {
+        &self.summary
+    }
+
+    /// Flushes, renames into place and flushes the directory (when `fsync`).
+    pub fn commit(self, fsync: bool) -> Result<WriteSummary> {
+        self.tmp.commit(fsync)?;
+        Ok(self.summary)
+    }
+
+    /// Flushes the file's data to stable storage.
+    pub fn sync(&self) -> Result<()> {
+        self.tmp.sync()
+    }
+
+    /// Renames into place with no flush (see [`crate::atomic::AtomicFile::rename`]).
+    pub fn rename(self) -> Result<WriteSummary> {
+        self.tmp.rename()?;
+        Ok(self.summary)
+    }
+}
+
+pub(crate) type Staged = PendingFile;
 
 /// Writes everything into a temporary file next to `path`, without committing it.
 pub(crate) fn stage<S: TensorSource>(
@@ -135,8 +157,7 @@ pub(crate) fn stage<S: TensorSource>(
     let layout = plan(path, tensors, metadata, opts)?;
     let tmp = AtomicFile::create(path, opts.overwrite)?;
     let file = tmp.file();
-    file.set_len(layout.total_len())
-        .map_err(|e| WriteError::io(tmp.temp_path(), e))?;
+    file.set_len(layout.total_len()).map_err(|e| WriteError::io(tmp.temp_path(), e))?;
     let hash = layout.has_checksums();
     let sums: Vec<u64> = layout
         .tensors()
@@ -154,19 +175,11 @@ pub(crate) fn stage<S: TensorSource>(
                     actual: data.len(),
                 });
             }
-            write_hashed(
-                file,
-                tmp.temp_path(),
-                layout.file_range(pos).start,
-                &data,
-                hash,
-                progress,
-            )
+            write_hashed(file, tmp.temp_path(), layout.file_range(pos).start, &data, hash, progress)
         })
         .collect::<Result<_>>()?;
     let header = layout.finished_header(&sums);
-    file.write_all_at(&header, 0)
-        .map_err(|e| WriteError::io(tmp.temp_path(), e))?;
+    file.write_all_at(&header, 0).map_err(|e| WriteError::io(tmp.temp_path(), e))?;
     let summary = WriteSummary {
         path: path.to_path_buf(),
         tensors: layout.tensors().len(),
@@ -205,9 +218,7 @@ impl StreamWriter {
         let path = path.as_ref();
         let layout = Layout::plan(specs, metadata, &opts.layout()).map_err(fmt_err(path))?;
         let tmp = AtomicFile::create(path, opts.overwrite)?;
-        tmp.file()
-            .set_len(layout.total_len())
-            .map_err(|e| WriteError::io(tmp.temp_path(), e))?;
+        tmp.file().set_len(layout.total_len()).map_err(|e| WriteError::io(tmp.temp_path(), e))?;
         let n = layout.tensors().len();
         Ok(StreamWriter {
             path: path.to_path_buf(),
@@ -235,15 +246,9 @@ impl StreamWriter {
         let pos = self
             .layout
             .position(name)
-            .ok_or_else(|| WriteError::UnknownTensor {
-                path: self.path.clone(),
-                name: name.to_string(),
-            })?;
+            .ok_or_else(|| WriteError::UnknownTensor { path: self.path.clone(), name: name.to_string() })?;
         if self.started[pos].swap(true, Ordering::AcqRel) {
-            return Err(WriteError::WrittenTwice {
-                path: self.path.clone(),
-                name: name.to_string(),
-            });
+            return Err(WriteError::WrittenTwice { path: self.path.clone(), name: name.to_string() });
         }
         Ok(pos)
     }
@@ -261,15 +266,9 @@ impl StreamWriter {
             }));
         }
         let start = self.layout.file_range(pos).start;
-        let sum = write_hashed(
-            self.tmp.file(),
-            self.tmp.temp_path(),
-            start,
-            data,
-            self.layout.has_checksums(),
-            &|_| {},
-        )
-        .map_err(|e| self.fail(e))?;
+        let sum =
+            write_hashed(self.tmp.file(), self.tmp.temp_path(), start, data, self.layout.has_checksums(), &|_| {})
+                .map_err(|e| self.fail(e))?;
         self.sums[pos].store(sum, Ordering::Release);
         self.done[pos].store(true, Ordering::Release);
         Ok(())
@@ -279,13 +278,7 @@ impl StreamWriter {
     pub fn begin(&self, name: &str) -> Result<TensorWriter<'_>> {
         let pos = self.claim(name)?;
         let range = self.layout.file_range(pos);
-        Ok(TensorWriter {
-            parent: self,
-            pos,
-            next: range.start,
-            end: range.end,
-            hash: Checksummer::new(),
-        })
+        Ok(TensorWriter { parent: self, pos, next: range.start, end: range.end, hash: Checksummer::new() })
     }
 
     fn fail(&self, e: WriteError) -> WriteError {
@@ -297,15 +290,17 @@ impl StreamWriter {
     /// Writes the header and commits the file. Fails (and removes the temporary file) if any
     /// tensor was not written completely.
     pub fn finish(self) -> Result<WriteSummary> {
+        let fsync = self.opts.fsync;
+        self.finish_pending()?.commit(fsync)
+    }
+
+    /// Writes the header but leaves the file under its temporary name, to be committed together
+    /// with others (a sharded set).
+    pub fn finish_pending(self) -> Result<PendingFile> {
         if let Some(msg) = self.failed.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            return Err(WriteError::Invalid(format!(
-                "{}: an earlier write failed: {msg}",
-                self.path.display()
-            )));
+            return Err(WriteError::Invalid(format!("{}: an earlier write failed: {msg}", self.path.display())));
         }
-        let missing: Vec<usize> = (0..self.done.len())
-            .filter(|&i| !self.done[i].load(Ordering::Acquire))
-            .collect();
+        let missing: Vec<usize> = (0..self.done.len()).filter(|&i| !self.done[i].load(Ordering::Acquire)).collect();
         if let Some(&first) = missing.first() {
             return Err(WriteError::Incomplete {
                 path: self.path.clone(),
@@ -313,23 +308,16 @@ impl StreamWriter {
                 example: self.layout.tensors()[first].info.name.clone(),
             });
         }
-        let sums: Vec<u64> = self
-            .sums
-            .iter()
-            .map(|s| s.load(Ordering::Acquire))
-            .collect();
+        let sums: Vec<u64> = self.sums.iter().map(|s| s.load(Ordering::Acquire)).collect();
         let header = self.layout.finished_header(&sums);
-        self.tmp
-            .file()
-            .write_all_at(&header, 0)
-            .map_err(|e| WriteError::io(self.tmp.temp_path(), e))?;
-        self.tmp.commit(self.opts.fsync)?;
-        Ok(WriteSummary {
+        self.tmp.file().write_all_at(&header, 0).map_err(|e| WriteError::io(self.tmp.temp_path(), e))?;
+        let summary = WriteSummary {
             path: self.path,
             tensors: self.layout.tensors().len(),
             bytes: self.layout.total_len(),
             checksums: self.layout.has_checksums().then_some(sums),
-        })
+        };
+        Ok(PendingFile { tmp: self.tmp, summary })
     }
 }
 
@@ -359,10 +347,7 @@ impl TensorWriter<'_> {
         if p.layout.has_checksums() {
             self.hash.update(piece);
         }
-        p.tmp
-            .file()
-            .write_all_at(piece, self.next)
-            .map_err(|e| p.fail(WriteError::io(p.tmp.temp_path(), e)))?;
+        p.tmp.file().write_all_at(piece, self.next).map_err(|e| p.fail(WriteError::io(p.tmp.temp_path(), e)))?;
         self.next += piece.len() as u64;
         Ok(())
     }
@@ -379,11 +364,7 @@ impl TensorWriter<'_> {
                 actual: (self.next - p.layout.file_range(self.pos).start) as usize,
             }));
         }
-        let sum = if p.layout.has_checksums() {
-            self.hash.finish()
-        } else {
-            0
-        };
+        let sum = if p.layout.has_checksums() { self.hash.finish() } else { 0 };
         p.sums[self.pos].store(sum, Ordering::Release);
         p.done[self.pos].store(true, Ordering::Release);
         Ok(())

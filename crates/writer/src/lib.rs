@@ -31,7 +31,7 @@ mod options;
 mod shard;
 
 pub use error::{Result, WriteError};
-pub use file::{StreamWriter, TensorWriter, WriteSummary, write_file, write_file_with_progress};
+pub use file::{PendingFile, StreamWriter, TensorWriter, WriteSummary, write_file, write_file_with_progress};
 pub use options::WriteOptions;
 pub use safeckpt_format as format;
-pub use shard::{ShardedSummary, parse_size, plan_shards, write_sharded};
+pub use shard::{ShardedSummary, commit_set, index_file_name, parse_size, plan_shards, write_sharded};

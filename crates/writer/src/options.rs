@@ -13,12 +13,7 @@ pub struct WriteOptions {
 
 impl Default for WriteOptions {
     fn default() -> Self {
-        WriteOptions {
-            checksums: true,
-            fsync: true,
-            overwrite: true,
-            data_alignment: 8,
-        }
+        WriteOptions { checksums: true, fsync: true, overwrite: true, data_alignment: 8 }
     }
 }
 
@@ -65,9 +60,6 @@ impl WriteOptions {
     }
 
     pub(crate) fn layout(&self) -> LayoutOptions {
-        LayoutOptions {
-            checksums: self.checksums,
-            data_alignment: self.data_alignment,
-        }
+        LayoutOptions { checksums: self.checksums, data_alignment: self.data_alignment }
     }
 }

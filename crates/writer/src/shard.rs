@@ -9,7 +9,7 @@ use safeckpt_format::{Metadata, ShardIndex, TensorSource};
 
 use crate::atomic::{sync_dir, write_atomic};
 use crate::error::{Result, WriteError};
-use crate::file::{Staged, WriteSummary, stage};
+use crate::file::{PendingFile, Staged, WriteSummary, stage};
 use crate::options::WriteOptions;
 
 /// What [`write_sharded`] produced.
@@ -44,13 +44,9 @@ pub fn plan_shards(sizes: &[u64], max: u64) -> Vec<Vec<usize>> {
 /// Parses a size such as `2GB` (decimal, as HuggingFace reads it), `500MiB`, `1.5GB` or `4096`.
 pub fn parse_size(s: &str) -> Result<u64> {
     let t = s.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let value: f64 = num
-        .parse()
-        .map_err(|_| WriteError::Invalid(format!("invalid size `{s}`")))?;
+    let value: f64 = num.parse().map_err(|_| WriteError::Invalid(format!("invalid size `{s}`")))?;
     let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1.0,
         "kb" | "k" => 1e3,
@@ -62,9 +58,7 @@ pub fn parse_size(s: &str) -> Result<u64> {
         "gib" => 1024.0 * 1024.0 * 1024.0,
         "tib" => 1024.0f64.powi(4),
         other => {
-            return Err(WriteError::Invalid(format!(
-                "invalid size unit `{other}` in `{s}`"
-            )));
+            return Err(WriteError::Invalid(format!("invalid size unit `{other}` in `{s}`")));
         }
     };
     let bytes = value * mult;
@@ -92,9 +86,7 @@ pub fn write_sharded<S: TensorSource>(
 ) -> Result<ShardedSummary> {
     let dir = dir.as_ref();
     if max_shard_size == 0 {
-        return Err(WriteError::Invalid(
-            "the maximum shard size must be positive".into(),
-        ));
+        return Err(WriteError::Invalid("the maximum shard size must be positive".into()));
     }
     std::fs::create_dir_all(dir).map_err(|e| WriteError::io(dir, e))?;
     let sizes: Vec<u64> = tensors.iter().map(|(_, s)| s.data_len() as u64).collect();
@@ -103,16 +95,9 @@ pub fn write_sharded<S: TensorSource>(
         let path = dir.join(format!("{prefix}.safetensors"));
         let staged = stage(&path, tensors, metadata, opts, progress)?;
         staged.tmp.commit(opts.fsync)?;
-        return Ok(ShardedSummary {
-            index: None,
-            shards: vec![staged.summary],
-        });
+        return Ok(ShardedSummary { index: None, shards: vec![staged.summary] });
     }
-    let index_path = dir.join(if prefix == "model" {
-        DEFAULT_INDEX_NAME.to_string()
-    } else {
-        format!("{prefix}.safetensors.index.json")
-    });
+    let index_path = dir.join(index_file_name(prefix));
     if !opts.overwrite && index_path.exists() {
         return Err(WriteError::Exists { path: index_path });
     }
@@ -122,35 +107,46 @@ pub fn write_sharded<S: TensorSource>(
         .enumerate()
         .map(|(k, group)| {
             let path = dir.join(shard_file_name(prefix, k + 1, n));
-            let part: Vec<(&str, &S)> = group
-                .iter()
-                .map(|&i| (tensors[i].0.as_ref(), &tensors[i].1))
-                .collect();
+            let part: Vec<(&str, &S)> = group.iter().map(|&i| (tensors[i].0.as_ref(), &tensors[i].1)).collect();
             stage(&path, &part, metadata.clone(), opts, progress)
         })
         .collect::<Result<_>>()?;
-    if opts.fsync {
-        staged.par_iter().try_for_each(|s| s.tmp.sync())?;
-    }
     let mut weight_map = BTreeMap::new();
-    let mut summaries = Vec::with_capacity(n);
-    for (k, s) in staged.into_iter().enumerate() {
+    for (k, group) in groups.iter().enumerate() {
         let file_name = shard_file_name(prefix, k + 1, n);
-        for &i in &groups[k] {
+        for &i in group {
             weight_map.insert(tensors[i].0.as_ref().to_string(), file_name.clone());
         }
-        s.tmp.rename()?;
-        summaries.push(s.summary);
-    }
-    if opts.fsync {
-        sync_dir(Some(dir)).map_err(|e| WriteError::io(dir, e))?;
     }
     let index = ShardIndex::new(weight_map, sizes.iter().sum());
-    write_atomic(&index_path, index.to_json().as_bytes(), opts.fsync)?;
-    Ok(ShardedSummary {
-        index: Some(index_path),
-        shards: summaries,
-    })
+    let shards = commit_set(dir, staged, &index_path, &index, opts.fsync)?;
+    Ok(ShardedSummary { index: Some(index_path), shards })
+}
+
+/// Commits a group of pending shard files and then their index: all shards are flushed, then
+/// renamed, the directory flushed, and the index written atomically last, so the set becomes
+/// visible through its index only once every shard is in place.
+pub fn commit_set(
+    dir: &Path,
+    shards: Vec<PendingFile>,
+    index_path: &Path,
+    index: &ShardIndex,
+    fsync: bool,
+) -> Result<Vec<WriteSummary>> {
+    if fsync {
+        shards.par_iter().try_for_each(PendingFile::sync)?;
+    }
+    let summaries = shards.into_iter().map(PendingFile::rename).collect::<Result<Vec<_>>>()?;
+    if fsync {
+        sync_dir(Some(dir)).map_err(|e| WriteError::io(dir, e))?;
+    }
+    write_atomic(index_path, index.to_json().as_bytes(), fsync)?;
+    Ok(summaries)
+}
+
+/// The index file name for a shard prefix (`model.safetensors.index.json` for `model`).
+pub fn index_file_name(prefix: &str) -> String {
+    if prefix == "model" { DEFAULT_INDEX_NAME.to_string() } else { format!("{prefix}.safetensors.index.json") }
 }
 
 #[cfg(test)]
@@ -159,10 +155,7 @@ mod tests {
 
     #[test]
     fn shard_plan_is_greedy_in_order() {
-        assert_eq!(
-            plan_shards(&[4, 4, 4, 10, 1], 8),
-            vec![vec![0, 1], vec![2], vec![3], vec![4]]
-        );
+        assert_eq!(plan_shards(&[4, 4, 4, 10, 1], 8), vec![vec![0, 1], vec![2], vec![3], vec![4]]);
         assert_eq!(plan_shards(&[], 8), vec![Vec::<usize>::new()]);
         assert_eq!(plan_shards(&[1, 2, 3], 100), vec![vec![0, 1, 2]]);
     }

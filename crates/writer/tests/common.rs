@@ -42,9 +42,7 @@ pub(crate) fn any_tensor() -> impl Strategy<Value = T> {
 
 pub(crate) fn unique(v: Vec<T>) -> Vec<T> {
     let mut seen = std::collections::HashSet::new();
-    v.into_iter()
-        .filter(|t| seen.insert(t.name.clone()))
-        .collect()
+    v.into_iter().filter(|t| seen.insert(t.name.clone())).collect()
 }
 
 pub(crate) fn sources(v: &[T]) -> Vec<(&str, RawTensor<'_>)> {
@@ -53,10 +51,8 @@ pub(crate) fn sources(v: &[T]) -> Vec<(&str, RawTensor<'_>)> {
 
 /// Names in a directory, sorted.
 pub(crate) fn listing(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
+    let mut v: Vec<String> =
+        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     v.sort();
     v
 }

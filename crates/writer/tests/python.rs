@@ -44,9 +44,7 @@ fn python_available() -> bool {
         .map(|s| s.success())
         .unwrap_or(false);
     if !ok && std::env::var_os("SAFECKPT_REQUIRE_PYTHON").is_some() {
-        panic!(
-            "SAFECKPT_REQUIRE_PYTHON is set but python3 with safetensors and numpy is not available"
-        );
+        panic!("SAFECKPT_REQUIRE_PYTHON is set but python3 with safetensors and numpy is not available");
     }
     ok
 }
@@ -75,21 +73,8 @@ fn python_reads_our_files_identically() {
     .enumerate()
     .map(|(i, (n, d, s))| {
         let len = d.byte_len(s.iter().product()).unwrap();
-        let data = (0..len)
-            .map(|b| {
-                if d == Dtype::BOOL {
-                    (b % 2) as u8
-                } else {
-                    (b * 31 + i) as u8
-                }
-            })
-            .collect();
-        T {
-            name: n.to_string(),
-            dtype: d,
-            shape: s,
-            data,
-        }
+        let data = (0..len).map(|b| if d == Dtype::BOOL { (b % 2) as u8 } else { (b * 31 + i) as u8 }).collect();
+        T { name: n.to_string(), dtype: d, shape: s, data }
     })
     .collect();
     let meta: Metadata = [("format", "pt"), ("epoch", "3"), ("note", "é \" \\ \n")]
@@ -98,13 +83,7 @@ fn python_reads_our_files_identically() {
         .collect();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("ours.safetensors");
-    write_file(
-        &path,
-        &sources(&tensors),
-        Some(meta.clone()),
-        &WriteOptions::default(),
-    )
-    .unwrap();
+    write_file(&path, &sources(&tensors), Some(meta.clone()), &WriteOptions::default()).unwrap();
     let expected = serde_json::json!({
         "tensors": tensors.iter().map(|t| (t.name.clone(), serde_json::json!({
             "dtype": t.dtype.as_str(), "shape": t.shape,
@@ -112,12 +91,7 @@ fn python_reads_our_files_identically() {
         }))).collect::<serde_json::Map<_, _>>(),
         "metadata": meta,
     });
-    let out = Command::new("python3")
-        .args(["-c", CHECK])
-        .arg(&path)
-        .arg(expected.to_string())
-        .output()
-        .unwrap();
+    let out = Command::new("python3").args(["-c", CHECK]).arg(&path).arg(expected.to_string()).output().unwrap();
     assert!(
         out.status.success(),
         "python failed:\n{}\n{}",

@@ -63,26 +63,15 @@ proptest! {
 
 #[test]
 fn output_is_deterministic_with_many_metadata_keys() {
-    let t = crate::common::T {
-        name: "w".into(),
-        dtype: safeckpt_format::Dtype::U8,
-        shape: vec![3],
-        data: vec![1, 2, 3],
-    };
-    let meta: Metadata = (0..8)
-        .map(|i| (format!("key{i}"), format!("value{i}")))
-        .collect();
+    let t =
+        crate::common::T { name: "w".into(), dtype: safeckpt_format::Dtype::U8, shape: vec![3], data: vec![1, 2, 3] };
+    let meta: Metadata = (0..8).map(|i| (format!("key{i}"), format!("value{i}"))).collect();
     let dir = tempfile::tempdir().unwrap();
     let mut outputs = Vec::new();
     for i in 0..4 {
         let p = dir.path().join(format!("{i}.safetensors"));
-        write_file(
-            &p,
-            &sources(std::slice::from_ref(&t)),
-            Some(meta.clone()),
-            &WriteOptions::new().fsync(false),
-        )
-        .unwrap();
+        write_file(&p, &sources(std::slice::from_ref(&t)), Some(meta.clone()), &WriteOptions::new().fsync(false))
+            .unwrap();
         outputs.push(std::fs::read(&p).unwrap());
     }
     assert!(outputs.windows(2).all(|w| w[0] == w[1]));
@@ -90,21 +79,12 @@ fn output_is_deterministic_with_many_metadata_keys() {
 
 #[test]
 fn page_aligned_data_section() {
-    let t = crate::common::T {
-        name: "w".into(),
-        dtype: safeckpt_format::Dtype::F32,
-        shape: vec![3],
-        data: vec![0; 12],
-    };
+    let t =
+        crate::common::T { name: "w".into(), dtype: safeckpt_format::Dtype::F32, shape: vec![3], data: vec![0; 12] };
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("a.safetensors");
-    write_file(
-        &p,
-        &sources(std::slice::from_ref(&t)),
-        None,
-        &WriteOptions::new().data_alignment(4096).fsync(false),
-    )
-    .unwrap();
+    write_file(&p, &sources(std::slice::from_ref(&t)), None, &WriteOptions::new().data_alignment(4096).fsync(false))
+        .unwrap();
     let r = Reader::open(&p).unwrap();
     assert_eq!(r.header().data_start() % 4096, 0);
     assert!(safetensors::SafeTensors::deserialize(&std::fs::read(&p).unwrap()).is_ok());

@@ -8,12 +8,7 @@ use crate::common::{T, listing, sources};
 
 fn model() -> Vec<T> {
     (0..10)
-        .map(|i| T {
-            name: format!("layers.{i}.weight"),
-            dtype: Dtype::F32,
-            shape: vec![25],
-            data: vec![i as u8; 100],
-        })
+        .map(|i| T { name: format!("layers.{i}.weight"), dtype: Dtype::F32, shape: vec![25], data: vec![i as u8; 100] })
         .collect()
 }
 
@@ -22,16 +17,8 @@ fn shards_and_index_read_back_as_one_set() {
     let tensors = model();
     let dir = tempfile::tempdir().unwrap();
     let meta = safeckpt_format::Metadata::from([("format".to_string(), "pt".to_string())]);
-    let s = write_sharded(
-        dir.path(),
-        "model",
-        &sources(&tensors),
-        Some(meta),
-        300,
-        &WriteOptions::new(),
-        &|_| {},
-    )
-    .unwrap();
+    let s =
+        write_sharded(dir.path(), "model", &sources(&tensors), Some(meta), 300, &WriteOptions::new(), &|_| {}).unwrap();
     assert_eq!(s.shards.len(), 4);
     let index_path = s.index.unwrap();
     assert!(index_path.ends_with("model.safetensors.index.json"));
@@ -47,10 +34,7 @@ fn shards_and_index_read_back_as_one_set() {
     );
     let index = ShardIndex::parse(&std::fs::read(&index_path).unwrap()).unwrap();
     assert_eq!(index.total_size(), Some(1000));
-    assert_eq!(
-        index.weight_map["layers.3.weight"],
-        "model-00002-of-00004.safetensors"
-    );
+    assert_eq!(index.weight_map["layers.3.weight"], "model-00002-of-00004.safetensors");
     let set = ShardedReader::open(&index_path).unwrap();
     assert_eq!(set.len(), 10);
     for t in &tensors {
@@ -84,27 +68,10 @@ fn one_shard_means_one_plain_file() {
 fn refuses_zero_size_and_existing_index_without_overwrite() {
     let tensors = model();
     let dir = tempfile::tempdir().unwrap();
-    let e = write_sharded(
-        dir.path(),
-        "model",
-        &sources(&tensors),
-        None,
-        0,
-        &WriteOptions::new(),
-        &|_| {},
-    )
-    .unwrap_err();
+    let e = write_sharded(dir.path(), "model", &sources(&tensors), None, 0, &WriteOptions::new(), &|_| {}).unwrap_err();
     assert!(matches!(e, WriteError::Invalid(_)));
-    write_sharded(
-        dir.path(),
-        "model",
-        &sources(&tensors),
-        None,
-        300,
-        &WriteOptions::new().fsync(false),
-        &|_| {},
-    )
-    .unwrap();
+    write_sharded(dir.path(), "model", &sources(&tensors), None, 300, &WriteOptions::new().fsync(false), &|_| {})
+        .unwrap();
     let e = write_sharded(
         dir.path(),
         "model",

@@ -1,0 +1,364 @@
+//! Turning an unpickled object tree into a flat `name -> tensor` map plus JSON metadata.
+//!
+//! Dict keys are joined with `.`; list and tuple items by index when they contain a tensor; every
+//! other leaf (numbers, strings, booleans, `None`, and lists or tuples holding no tensor, such as
+//! `param_groups`) becomes a JSON value under its flattened key. The walk is bounded in depth and
+//! in the number of nodes it visits, so a tiny pickle that references one container from many
+//! places (a "memo bomb") cannot make it run or allocate without end.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt::Write as _;
+
+use crate::globals::Global;
+use crate::value::{Arena, Obj, TensorDef, Value, bigint_to_decimal};
+
+/// Deepest nesting walked.
+pub const MAX_DEPTH: usize = 256;
+/// Most nodes visited in one walk (shared subtrees count each time they are reached).
+pub const MAX_VISITS: usize = 5_000_000;
+
+/// The flat view of a file.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Flattened {
+    /// Tensors by flattened name, in the order the tree holds them.
+    pub tensors: Vec<(String, TensorDef)>,
+    /// Non-tensor leaves: flattened name and JSON text.
+    pub metadata: Vec<(String, String)>,
+}
+
+struct Walker<'a> {
+    arena: &'a Arena,
+    visits: usize,
+    on_path: HashSet<u32>,
+    has_tensor: HashMap<u32, bool>,
+    out: Flattened,
+    names: HashSet<String>,
+}
+
+type R<T> = std::result::Result<T, String>;
+
+/// Flattens `root` (or the sub-tree at `key`, whose prefix is then dropped).
+pub fn flatten(arena: &Arena, root: &Value, key: Option<&str>) -> R<Flattened> {
+    let mut w = Walker { arena, visits: 0, on_path: HashSet::new(), has_tensor: HashMap::new(), out: Flattened::default(), names: HashSet::new() };
+    let start = match key {
+        None => root.clone(),
+        Some(k) => w.select(root, k)?,
+    };
+    match arena.get(&start) {
+        Some(Obj::Dict(..)) => w.dict(&start, "", 0)?,
+        Some(Obj::List(_)) | Some(Obj::Tuple(_)) if w.contains_tensor(&start, 0)? => w.sequence(&start, "", 0)?,
+        Some(Obj::Tensor(t)) => w.out.tensors.push(("tensor".into(), t.clone())),
+        _ => {
+            let json = w.json(&start, 0)?;
+            w.out.metadata.push(("value".into(), json));
+        }
+    }
+    Ok(w.out)
+}
+
+/// A dict key as Python's `str()` would print it.
+fn key_text(k: &Value) -> Option<String> {
+    Some(match k {
+        Value::Str(s) => s.to_string(),
+        Value::Int(i) => i.to_string(),
+        Value::BigInt(b) => bigint_to_decimal(b),
+        Value::Bool(true) => "True".into(),
+        Value::Bool(false) => "False".into(),
+        Value::None => "None".into(),
+        Value::Float(f) => format_float(*f),
+        _ => return None,
+    })
+}
+
+fn format_float(f: f64) -> String {
+    if f.is_nan() {
+        "NaN".into()
+    } else if f.is_infinite() {
+        if f > 0.0 { "Infinity".into() } else { "-Infinity".into() }
+    } else {
+        serde_json::to_string(&f).unwrap_or_else(|_| f.to_string())
+    }
+}
+
+fn join(prefix: &str, key: &str) -> String {
+    if prefix.is_empty() { key.to_string() } else { format!("{prefix}.{key}") }
+}
+
+impl Walker<'_> {
+    fn visit(&mut self, depth: usize) -> R<()> {
+        self.visits += 1;
+        if self.visits > MAX_VISITS {
+            return Err(format!(
+                "the object graph is larger than {MAX_VISITS} nodes when walked (shared sub-objects repeated many times: a \"memo bomb\"?)"
+            ));
+        }
+        if depth > MAX_DEPTH {
+            return Err(format!("the object tree nests deeper than {MAX_DEPTH} levels"));
+        }
+        Ok(())
+    }
+
+    fn enter(&mut self, v: &Value) -> R<Option<u32>> {
+        if let Value::Ref(i) = v {
+            if !self.on_path.insert(*i) {
+                return Err("the object graph contains a cycle".into());
+            }
+            return Ok(Some(*i));
+        }
+        Ok(None)
+    }
+
+    fn leave(&mut self, id: Option<u32>) {
+        if let Some(i) = id {
+            self.on_path.remove(&i);
+        }
+    }
+
+    /// Dict entries with repeated keys resolved as Python does (last value, first position).
+    fn entries(&self, v: &Value, prefix: &str) -> R<Vec<(String, Value)>> {
+        let Some(Obj::Dict(_, entries)) = self.arena.get(v) else { return Ok(Vec::new()) };
+        let mut out: Vec<(String, Value)> = Vec::with_capacity(entries.len());
+        let mut pos: HashMap<String, usize> = HashMap::with_capacity(entries.len());
+        for (k, val) in entries {
+            let Some(name) = key_text(k) else {
+                let at = if prefix.is_empty() { "the top level".to_string() } else { format!("`{prefix}`") };
+                return Err(format!("a dict key at {at} is not a string or number; it cannot become a tensor name"));
+            };
+            match pos.get(&name) {
+                Some(&i) => out[i].1 = val.clone(),
+                None => {
+                    pos.insert(name.clone(), out.len());
+                    out.push((name, val.clone()));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn select(&mut self, root: &Value, key: &str) -> R<Value> {
+        let mut cur = root.clone();
+        let mut rest = key;
+        'outer: while !rest.is_empty() {
+            let entries = self.entries(&cur, "")?;
+            // Longest matching key first, so keys that themselves contain dots work.
+            let mut candidates: Vec<&(String, Value)> =
+                entries.iter().filter(|(k, _)| rest == k || rest.starts_with(&format!("{k}."))).collect();
+            candidates.sort_by_key(|(k, _)| std::cmp::Reverse(k.len()));
+            if let Some((k, v)) = candidates.first() {
+                rest = rest[k.len()..].trim_start_matches('.');
+                cur = v.clone();
+                continue 'outer;
+            }
+            let mut keys: Vec<&str> = entries.iter().map(|(k, _)| k.as_str()).collect();
+            keys.truncate(20);
+            return Err(format!("no key `{key}` in the file; top-level keys here: {}", keys.join(", ")));
+        }
+        Ok(cur)
+    }
+
+    fn add_tensor(&mut self, name: String, t: &TensorDef) -> R<()> {
+        if !self.names.insert(name.clone()) {
+            return Err(format!("two values flatten to the same name `{name}`"));
+        }
+        self.out.tensors.push((name, t.clone()));
+        Ok(())
+    }
+
+    fn add_meta(&mut self, name: String, json: String) -> R<()> {
+        if !self.names.insert(name.clone()) {
+            return Err(format!("two values flatten to the same name `{name}`"));
+        }
+        self.out.metadata.push((name, json));
+        Ok(())
+    }
+
+    fn dict(&mut self, v: &Value, prefix: &str, depth: usize) -> R<()> {
+        self.visit(depth)?;
+        let id = self.enter(v)?;
+        for (k, val) in self.entries(v, prefix)? {
+            let name = join(prefix, &k);
+            self.value(&val, name, depth + 1)?;
+        }
+        self.leave(id);
+        Ok(())
+    }
+
+    fn sequence(&mut self, v: &Value, prefix: &str, depth: usize) -> R<()> {
+        self.visit(depth)?;
+        let id = self.enter(v)?;
+        let items = match self.arena.get(v) {
+            Some(Obj::List(items)) | Some(Obj::Tuple(items)) => items.clone(),
+            _ => Vec::new(),
+        };
+        for (i, item) in items.iter().enumerate() {
+            let name = join(prefix, &i.to_string());
+            self.value(item, name, depth + 1)?;
+        }
+        self.leave(id);
+        Ok(())
+    }
+
+    fn value(&mut self, v: &Value, name: String, depth: usize) -> R<()> {
+        match self.arena.get(v) {
+            Some(Obj::Tensor(t)) => {
+                let t = t.clone();
+                self.add_tensor(name, &t)
+            }
+            Some(Obj::Dict(_, entries)) if !entries.is_empty() => self.dict(v, &name, depth),
+            Some(Obj::List(_)) | Some(Obj::Tuple(_)) if self.contains_tensor(v, depth)? => self.sequence(v, &name, depth),
+            _ => {
+                if let Value::Storage(_) = v {
+                    return Err(format!("`{name}` is a bare storage, not a tensor; save tensors instead"));
+                }
+                let json = self.json(v, depth)?;
+                self.add_meta(name, json)
+            }
+        }
+    }
+
+    fn contains_tensor(&mut self, v: &Value, depth: usize) -> R<bool> {
+        self.visit(depth)?;
+        let Value::Ref(i) = v else { return Ok(false) };
+        if let Some(&b) = self.has_tensor.get(i) {
+            return Ok(b);
+        }
+        let id = self.enter(v)?;
+        let children: Vec<Value> = match self.arena.get(v) {
+            Some(Obj::Tensor(_)) => {
+                self.leave(id);
+                return Ok(true);
+            }
+            Some(Obj::List(x)) | Some(Obj::Tuple(x)) | Some(Obj::Set(x)) => x.clone(),
+            Some(Obj::Dict(_, e)) => e.iter().map(|(_, v)| v.clone()).collect(),
+            None => Vec::new(),
+        };
+        let mut found = false;
+        for c in &children {
+            if self.contains_tensor(c, depth + 1)? {
+                found = true;
+                break;
+            }
+        }
+        self.leave(id);
+        self.has_tensor.insert(*i, found);
+        Ok(found)
+    }
+
+    /// JSON text of a tensor-free value.
+    fn json(&mut self, v: &Value, depth: usize) -> R<String> {
+        let mut out = String::new();
+        self.json_into(&mut out, v, depth)?;
+        Ok(out)
+    }
+
+    fn json_into(&mut self, out: &mut String, v: &Value, depth: usize) -> R<()> {
+        self.visit(depth)?;
+        match v {
+            Value::None => out.push_str("null"),
+            Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+            Value::Int(i) => {
+                let _ = write!(out, "{i}");
+            }
+            Value::BigInt(b) => out.push_str(&bigint_to_decimal(b)),
+            Value::Float(f) => out.push_str(&format_float(*f)),
+            Value::Complex(re, im) => {
+                let _ = write!(out, "{{\"real\":{},\"imag\":{}}}", format_float(*re), format_float(*im));
+            }
+            Value::Str(s) => safeckpt_format::write_json_string(out, s),
+            Value::Bytes(b) => {
+                out.push_str("{\"bytes_hex\":\"");
+                for x in b.iter() {
+                    let _ = write!(out, "{x:02x}");
+                }
+                out.push_str("\"}");
+            }
+            Value::Global(g) => safeckpt_format::write_json_string(out, &global_text(*g)),
+            Value::Storage(_) => return Err("a bare storage inside a value".into()),
+            Value::Ref(_) => {
+                let id = self.enter(v)?;
+                match self.arena.get(v) {
+                    Some(Obj::List(items)) | Some(Obj::Tuple(items)) | Some(Obj::Set(items)) => {
+                        out.push('[');
+                        for (i, item) in items.clone().iter().enumerate() {
+                            if i > 0 {
+                                out.push(',');
+                            }
+                            self.json_into(out, item, depth + 1)?;
+                        }
+                        out.push(']');
+                    }
+                    Some(Obj::Dict(..)) => {
+                        out.push('{');
+                        for (i, (k, val)) in self.entries(v, "")?.iter().enumerate() {
+                            if i > 0 {
+                                out.push(',');
+                            }
+                            safeckpt_format::write_json_string(out, k);
+                            out.push(':');
+                            self.json_into(out, val, depth + 1)?;
+                        }
+                        out.push('}');
+                    }
+                    Some(Obj::Tensor(_)) => return Err("a tensor inside a metadata value".into()),
+                    None => out.push_str("null"),
+                }
+                self.leave(id);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn global_text(g: Global) -> String {
+    match g {
+        Global::Dtype(d) => format!("torch.{}", d.name()),
+        Global::StorageType(d) => format!("torch.storage<{}>", d.name()),
+        other => format!("{other:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::rc::Rc;
+
+    use super::*;
+    use crate::value::DictKind;
+
+    fn s(x: &str) -> Value {
+        Value::Str(Rc::from(x))
+    }
+
+    #[test]
+    fn memo_bomb_is_bounded() {
+        // t0 = (1, 1); t_{k+1} = (t_k, t_k): 2^60 leaves, 60 objects.
+        let mut a = Arena::default();
+        let mut t = a.push(Obj::Tuple(vec![Value::Int(1), Value::Int(1)]));
+        for _ in 0..60 {
+            t = a.push(Obj::Tuple(vec![t.clone(), t.clone()]));
+        }
+        let root = a.push(Obj::Dict(DictKind::Dict, vec![(s("bomb"), t)]));
+        let err = flatten(&a, &root, None).unwrap_err();
+        assert!(err.contains("memo bomb"), "{err}");
+    }
+
+    #[test]
+    fn cycles_are_errors() {
+        let mut a = Arena::default();
+        let list = a.push(Obj::List(vec![]));
+        if let Some(Obj::List(v)) = a.get_mut(&list) {
+            v.push(list.clone());
+        }
+        let root = a.push(Obj::Dict(DictKind::Dict, vec![(s("l"), list)]));
+        assert!(flatten(&a, &root, None).unwrap_err().contains("cycle"));
+    }
+
+    #[test]
+    fn keys_select_subtrees_and_duplicates_resolve_like_python() {
+        let mut a = Arena::default();
+        let inner = a.push(Obj::Dict(DictKind::Dict, vec![(s("x"), Value::Int(1)), (s("x"), Value::Int(2)), (Value::Int(3), Value::Float(0.5))]));
+        let root = a.push(Obj::Dict(DictKind::Dict, vec![(s("model.sd"), inner)]));
+        let f = flatten(&a, &root, Some("model.sd")).unwrap();
+        assert_eq!(f.metadata, vec![("x".to_string(), "2".to_string()), ("3".to_string(), "0.5".to_string())]);
+        assert!(flatten(&a, &root, Some("nope")).unwrap_err().contains("model.sd"));
+    }
+}
