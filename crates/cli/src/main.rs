@@ -5,6 +5,7 @@
 mod demo;
 mod inspect;
 mod reshard;
+mod torch_cmd;
 mod util;
 mod verify;
 
@@ -27,9 +28,9 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Show the tensors, dtypes, shapes, sizes and metadata of a file or sharded set (reads only
-    /// the headers).
+    /// the headers), or of a PyTorch file (without running any code from it).
     Inspect {
-        /// A `.safetensors` file or a `*.safetensors.index.json`.
+        /// A `.safetensors` file, a `*.safetensors.index.json`, or a PyTorch `.pth`/`.pt`/`.bin`.
         path: PathBuf,
         /// Machine-readable JSON instead of a table.
         #[arg(long)]
@@ -73,6 +74,29 @@ enum Command {
         #[command(flatten)]
         write: WriteArgs,
     },
+    /// Convert a PyTorch `.pth`/`.pt`/`.bin` (zip or legacy format) to safetensors, safely: a
+    /// restricted pickle reader that never runs code from the file. Exit 2 when the file is
+    /// refused or broken (no output is written).
+    Convert {
+        /// The PyTorch file.
+        input: PathBuf,
+        /// The safetensors file to write (a directory with --max-shard-size).
+        output: PathBuf,
+        /// Convert only this sub-tree, e.g. `model_state_dict` (its prefix is removed).
+        #[arg(long)]
+        key: Option<String>,
+        /// Cast floating tensors to this type: bf16, f16 or f32.
+        #[arg(long)]
+        dtype: Option<String>,
+        /// Write tied weights as real copies instead of recording aliases in the metadata.
+        #[arg(long)]
+        keep_aliases: bool,
+        /// Write shards of at most this size (e.g. `2GB`) and an index into OUTPUT (a directory).
+        #[arg(long)]
+        max_shard_size: Option<String>,
+        #[command(flatten)]
+        write: WriteArgs,
+    },
     /// Run the engine end to end on a bundled model and print what it did.
     Demo {
         /// Keep the files in this directory (default: a temporary directory, removed after).
@@ -106,7 +130,24 @@ impl WriteArgs {
 fn run(cli: Cli) -> Result<i32> {
     match cli.command {
         Command::Inspect { path, json } => {
-            print!("{}", inspect::inspect_safetensors(&path, json)?);
+            let text = if torch_cmd::is_torch_file(&path) {
+                torch_cmd::inspect(&path, json)?
+            } else {
+                inspect::inspect_safetensors(&path, json)?
+            };
+            print!("{text}");
+            Ok(EXIT_OK)
+        }
+        Command::Convert { input, output, key, dtype, keep_aliases, max_shard_size, write } => {
+            let args = torch_cmd::ConvertArgs {
+                key: key.as_deref(),
+                dtype: dtype.as_deref(),
+                keep_aliases,
+                max_shard_size: max_shard_size.as_deref(),
+                write: write.options(),
+                quiet: write.quiet,
+            };
+            torch_cmd::convert(&input, &output, &args)?;
             Ok(EXIT_OK)
         }
         Command::Verify { path, json, quiet } => verify::verify(&path, json, quiet),

@@ -88,7 +88,11 @@ struct ZipResolver<'a> {
 }
 
 /// The parts of a storage persistent id shared by both formats.
-fn storage_pid(pid: &Value, arena: &Arena, legacy: bool) -> std::result::Result<(TorchDtype, String, String, u64), String> {
+fn storage_pid(
+    pid: &Value,
+    arena: &Arena,
+    legacy: bool,
+) -> std::result::Result<(TorchDtype, String, String, u64), String> {
     let Some(Obj::Tuple(items)) = arena.get(pid) else {
         return Err("persistent id is not a tuple".into());
     };
@@ -120,9 +124,8 @@ fn storage_pid(pid: &Value, arena: &Arena, legacy: bool) -> std::result::Result<
     if legacy && items[5] != Value::None {
         return Err("legacy storage views are not supported".into());
     }
-    let bytes = numel
-        .checked_mul(dtype.element_size() as u64)
-        .ok_or_else(|| format!("storage `{key}` size overflows"))?;
+    let bytes =
+        numel.checked_mul(dtype.element_size() as u64).ok_or_else(|| format!("storage `{key}` size overflows"))?;
     Ok((dtype, key.to_string(), device, bytes))
 }
 
@@ -228,15 +231,27 @@ impl TorchArchive {
         if bytes.len() > 262 && &bytes[257..262] == b"ustar" {
             return Err(TorchError::NotTorch {
                 path,
-                reason: "a tar archive (the format of torch before 0.4); load and re-save it with a current torch".into(),
+                reason: "a tar archive (the format of torch before 0.4); load and re-save it with a current torch"
+                    .into(),
             });
         }
         if bytes.starts_with(b"PYTORCH1") {
-            return Err(TorchError::NotTorch { path, reason: "a preview-release torch archive, which torch itself no longer reads".into() });
+            return Err(TorchError::NotTorch {
+                path,
+                reason: "a preview-release torch archive, which torch itself no longer reads".into(),
+            });
         }
         if bytes.first() == Some(&0x80) {
             let (arena, root, storages, big_endian) = Self::parse_legacy(&path, bytes)?;
-            return Ok(TorchArchive { file, format: ArchiveFormat::Legacy, arena, root, storages, big_endian, entries: Vec::new() });
+            return Ok(TorchArchive {
+                file,
+                format: ArchiveFormat::Legacy,
+                arena,
+                root,
+                storages,
+                big_endian,
+                entries: Vec::new(),
+            });
         }
         let reason = if bytes.starts_with(b"\x93NUMPY") {
             "a numpy .npy file, not a PyTorch file".to_string()
@@ -256,14 +271,17 @@ impl TorchArchive {
         bytes: &[u8],
     ) -> Result<(ArchiveFormat, Arena, Value, Vec<StorageInfo>, bool, Vec<crate::zip::Entry>)> {
         let zip = ZipArchive::new(bytes).map_err(|source| TorchError::Zip { path: path.to_path_buf(), source })?;
-        let first = zip.entries().first().ok_or_else(|| TorchError::NotTorch {
-            path: path.to_path_buf(),
-            reason: "an empty zip archive".into(),
-        })?;
+        let first = zip
+            .entries()
+            .first()
+            .ok_or_else(|| TorchError::NotTorch { path: path.to_path_buf(), reason: "an empty zip archive".into() })?;
         let Some((prefix, _)) = first.name.split_once('/') else {
             return Err(TorchError::NotTorch {
                 path: path.to_path_buf(),
-                reason: format!("a zip archive whose first entry `{}` is not inside a folder, as torch.save writes", first.name),
+                reason: format!(
+                    "a zip archive whose first entry `{}` is not inside a folder, as torch.save writes",
+                    first.name
+                ),
             });
         };
         let prefix = prefix.to_string();
@@ -271,7 +289,8 @@ impl TorchArchive {
         if zip.entry(&record("constants.pkl")).is_some() {
             return Err(TorchError::NotTorch {
                 path: path.to_path_buf(),
-                reason: "a TorchScript archive (torch.jit.save); load it with torch.jit.load and save its state_dict".into(),
+                reason: "a TorchScript archive (torch.jit.save); load it with torch.jit.load and save its state_dict"
+                    .into(),
             });
         }
         let pkl_name = record("data.pkl");
@@ -301,7 +320,8 @@ impl TorchArchive {
             }
         };
         let mut arena = Arena::default();
-        let mut resolver = ZipResolver { path, prefix: &prefix, zip: &zip, storages: Vec::new(), by_key: HashMap::new() };
+        let mut resolver =
+            ZipResolver { path, prefix: &prefix, zip: &zip, storages: Vec::new(), by_key: HashMap::new() };
         let (root, _) = unpickle(&pkl, &mut arena, &mut resolver, Limits::default())
             .map_err(|source| TorchError::Pickle { path: path.to_path_buf(), record: pkl_name.clone(), source })?;
         let storages = resolver.storages;
@@ -315,7 +335,8 @@ impl TorchArchive {
         };
         let mut arena = Arena::default();
         let mut at = 0usize;
-        let (magic, n) = unpickle(bytes, &mut arena, &mut NoStorages, Limits::default()).map_err(pickle_err("legacy magic number"))?;
+        let (magic, n) = unpickle(bytes, &mut arena, &mut NoStorages, Limits::default())
+            .map_err(pickle_err("legacy magic number"))?;
         at += n;
         let is_magic = match &magic {
             Value::BigInt(b) => {
@@ -330,7 +351,8 @@ impl TorchArchive {
         if !is_magic {
             return Err(TorchError::NotTorch {
                 path: path.to_path_buf(),
-                reason: "a pickle, but not one written by torch.save (no torch magic number); refusing to unpickle it".into(),
+                reason: "a pickle, but not one written by torch.save (no torch magic number); refusing to unpickle it"
+                    .into(),
             });
         }
         let (proto, n) = unpickle(&bytes[at..], &mut arena, &mut NoStorages, Limits::default())
@@ -343,8 +365,8 @@ impl TorchArchive {
                 reason: format!("expected {TORCH_LEGACY_PROTOCOL}, found {proto:?}"),
             });
         }
-        let (sys_info, n) =
-            unpickle(&bytes[at..], &mut arena, &mut NoStorages, Limits::default()).map_err(pickle_err("legacy sys_info"))?;
+        let (sys_info, n) = unpickle(&bytes[at..], &mut arena, &mut NoStorages, Limits::default())
+            .map_err(pickle_err("legacy sys_info"))?;
         at += n;
         let mut big_endian = false;
         if let Some(Obj::Dict(_, entries)) = arena.get(&sys_info) {
@@ -358,8 +380,8 @@ impl TorchArchive {
         let (root, n) = unpickle(&bytes[at..], &mut arena, &mut resolver, Limits::default())
             .map_err(pickle_err("legacy main pickle"))?;
         at += n;
-        let (keys, n) =
-            unpickle(&bytes[at..], &mut arena, &mut NoStorages, Limits::default()).map_err(pickle_err("legacy storage keys"))?;
+        let (keys, n) = unpickle(&bytes[at..], &mut arena, &mut NoStorages, Limits::default())
+            .map_err(pickle_err("legacy storage keys"))?;
         at += n;
         let keys: Vec<String> = match arena.get(&keys) {
             Some(Obj::List(items)) | Some(Obj::Tuple(items)) => items
@@ -385,7 +407,11 @@ impl TorchArchive {
         for key in keys {
             let rec = || format!("legacy storage `{key}`");
             let Some(&i) = resolver.by_key.get(&key) else {
-                return Err(TorchError::Record { path: path.to_path_buf(), record: rec(), reason: "listed but never referenced".into() });
+                return Err(TorchError::Record {
+                    path: path.to_path_buf(),
+                    record: rec(),
+                    reason: "listed but never referenced".into(),
+                });
             };
             let s = &mut storages[i as usize];
             let numel = bytes.get(at..at + 8).ok_or_else(|| TorchError::Record {
@@ -396,17 +422,23 @@ impl TorchArchive {
             let mut a = [0u8; 8];
             a.copy_from_slice(numel);
             let numel = if big_endian { u64::from_be_bytes(a) } else { u64::from_le_bytes(a) };
-            let len = numel.checked_mul(s.dtype.element_size() as u64).filter(|&l| l == s.bytes).ok_or_else(|| TorchError::Record {
-                path: path.to_path_buf(),
-                record: rec(),
-                reason: format!("holds {numel} elements, the pickle says {}", s.bytes / s.dtype.element_size() as u64),
+            let len = numel.checked_mul(s.dtype.element_size() as u64).filter(|&l| l == s.bytes).ok_or_else(|| {
+                TorchError::Record {
+                    path: path.to_path_buf(),
+                    record: rec(),
+                    reason: format!(
+                        "holds {numel} elements, the pickle says {}",
+                        s.bytes / s.dtype.element_size() as u64
+                    ),
+                }
             })?;
             let start = at + 8;
-            let end = start.checked_add(len as usize).filter(|&e| e <= bytes.len()).ok_or_else(|| TorchError::Record {
-                path: path.to_path_buf(),
-                record: rec(),
-                reason: "the file ends inside the storage (truncated)".into(),
-            })?;
+            let end =
+                start.checked_add(len as usize).filter(|&e| e <= bytes.len()).ok_or_else(|| TorchError::Record {
+                    path: path.to_path_buf(),
+                    record: rec(),
+                    reason: "the file ends inside the storage (truncated)".into(),
+                })?;
             s.location = Location::Range(start, end);
             at = end;
         }

@@ -39,7 +39,14 @@ type R<T> = std::result::Result<T, String>;
 
 /// Flattens `root` (or the sub-tree at `key`, whose prefix is then dropped).
 pub fn flatten(arena: &Arena, root: &Value, key: Option<&str>) -> R<Flattened> {
-    let mut w = Walker { arena, visits: 0, on_path: HashSet::new(), has_tensor: HashMap::new(), out: Flattened::default(), names: HashSet::new() };
+    let mut w = Walker {
+        arena,
+        visits: 0,
+        on_path: HashSet::new(),
+        has_tensor: HashMap::new(),
+        out: Flattened::default(),
+        names: HashSet::new(),
+    };
     let start = match key {
         None => root.clone(),
         Some(k) => w.select(root, k)?,
@@ -205,7 +212,9 @@ impl Walker<'_> {
                 self.add_tensor(name, &t)
             }
             Some(Obj::Dict(_, entries)) if !entries.is_empty() => self.dict(v, &name, depth),
-            Some(Obj::List(_)) | Some(Obj::Tuple(_)) if self.contains_tensor(v, depth)? => self.sequence(v, &name, depth),
+            Some(Obj::List(_)) | Some(Obj::Tuple(_)) if self.contains_tensor(v, depth)? => {
+                self.sequence(v, &name, depth)
+            }
             _ => {
                 if let Value::Storage(_) = v {
                     return Err(format!("`{name}` is a bare storage, not a tensor; save tensors instead"));
@@ -319,7 +328,7 @@ fn global_text(g: Global) -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::rc::Rc;
+    use std::sync::Arc as Rc;
 
     use super::*;
     use crate::value::DictKind;
@@ -355,7 +364,10 @@ mod tests {
     #[test]
     fn keys_select_subtrees_and_duplicates_resolve_like_python() {
         let mut a = Arena::default();
-        let inner = a.push(Obj::Dict(DictKind::Dict, vec![(s("x"), Value::Int(1)), (s("x"), Value::Int(2)), (Value::Int(3), Value::Float(0.5))]));
+        let inner = a.push(Obj::Dict(
+            DictKind::Dict,
+            vec![(s("x"), Value::Int(1)), (s("x"), Value::Int(2)), (Value::Int(3), Value::Float(0.5))],
+        ));
         let root = a.push(Obj::Dict(DictKind::Dict, vec![(s("model.sd"), inner)]));
         let f = flatten(&a, &root, Some("model.sd")).unwrap();
         assert_eq!(f.metadata, vec![("x".to_string(), "2".to_string()), ("3".to_string(), "0.5".to_string())]);

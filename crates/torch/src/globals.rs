@@ -277,7 +277,9 @@ pub fn resolve(module: &str, name: &str) -> Option<Global> {
         ("torch._utils", "_rebuild_parameter_with_state") => RebuildParameterWithState,
         ("torch._tensor", "_rebuild_from_type_v2") => RebuildFromTypeV2,
         ("torch._utils", "_rebuild_device_tensor_from_cpu_tensor") => RebuildDeviceFromCpu,
-        ("torch", "Tensor") | ("torch._tensor", "Tensor") | ("torch.nn.parameter", "Parameter" | "Buffer") => TensorClass,
+        ("torch", "Tensor") | ("torch._tensor", "Tensor") | ("torch.nn.parameter", "Parameter" | "Buffer") => {
+            TensorClass
+        }
         ("torch.storage" | "torch", "UntypedStorage") => UntypedStorage,
         ("torch._utils", "_rebuild_qtensor") => Unsupported(self::Unsupported::Quantized),
         ("torch._utils", "_rebuild_sparse_tensor" | "_rebuild_sparse_csr") => Unsupported(self::Unsupported::Sparse),
@@ -299,10 +301,42 @@ pub fn resolve(module: &str, name: &str) -> Option<Global> {
 
 /// Why a name is refused, with advice where there is some.
 pub fn refusal_hint(module: &str, name: &str) -> &'static str {
-    let dangerous_modules = ["os", "posix", "nt", "subprocess", "sys", "shutil", "socket", "importlib", "runpy", "pty", "ctypes", "webbrowser", "code", "pickle", "marshal"];
-    let dangerous_builtins = ["eval", "exec", "compile", "getattr", "setattr", "delattr", "__import__", "open", "input", "globals", "locals", "vars", "breakpoint"];
+    let dangerous_modules = [
+        "os",
+        "posix",
+        "nt",
+        "subprocess",
+        "sys",
+        "shutil",
+        "socket",
+        "importlib",
+        "runpy",
+        "pty",
+        "ctypes",
+        "webbrowser",
+        "code",
+        "pickle",
+        "marshal",
+    ];
+    let dangerous_builtins = [
+        "eval",
+        "exec",
+        "compile",
+        "getattr",
+        "setattr",
+        "delattr",
+        "__import__",
+        "open",
+        "input",
+        "globals",
+        "locals",
+        "vars",
+        "breakpoint",
+    ];
     let top = module.split('.').next().unwrap_or(module);
-    if dangerous_modules.contains(&top) || (matches!(module, "builtins" | "__builtin__") && dangerous_builtins.contains(&name)) {
+    if dangerous_modules.contains(&top)
+        || (matches!(module, "builtins" | "__builtin__") && dangerous_builtins.contains(&name))
+    {
         return "this is how malicious pickles run code on the machine that loads them; the file was not loaded";
     }
     if module == "__main__" || name.chars().next().is_some_and(char::is_uppercase) && !module.starts_with("torch") {
@@ -327,7 +361,17 @@ mod tests {
         assert_eq!(resolve("torch", "FloatStorage"), Some(Global::StorageType(TorchDtype::Float32)));
         assert_eq!(resolve("torch", "float8_e4m3fn"), Some(Global::Dtype(TorchDtype::Float8E4M3Fn)));
         assert_eq!(resolve("__builtin__", "set"), Some(Global::Set));
-        for (m, n) in [("os", "system"), ("posix", "system"), ("builtins", "eval"), ("builtins", "getattr"), ("subprocess", "Popen"), ("__main__", "SimpleNet"), ("torch", "load"), ("torch", "NotAStorage"), ("torch.nn.modules.linear", "Linear")] {
+        for (m, n) in [
+            ("os", "system"),
+            ("posix", "system"),
+            ("builtins", "eval"),
+            ("builtins", "getattr"),
+            ("subprocess", "Popen"),
+            ("__main__", "SimpleNet"),
+            ("torch", "load"),
+            ("torch", "NotAStorage"),
+            ("torch.nn.modules.linear", "Linear"),
+        ] {
             assert_eq!(resolve(m, n), None, "{m}.{n}");
         }
         assert!(refusal_hint("posix", "system").contains("malicious"));

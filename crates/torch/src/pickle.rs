@@ -12,7 +12,7 @@
 //! shared through the memo by reference, so a "memo bomb" stays linear in memory.
 
 use std::collections::HashMap;
-use std::rc::Rc;
+use std::sync::Arc as Rc;
 
 use crate::globals::{Global, TorchDtype, Unsupported, refusal_hint, resolve};
 use crate::value::{Arena, DictKind, Obj, TensorDef, Value};
@@ -198,7 +198,10 @@ impl Vm<'_, '_> {
     fn count(&mut self, n: usize) -> Result<()> {
         self.values = self.values.saturating_add(n);
         if self.values > self.limits.max_values {
-            return Err(PickleError::Limit { at: self.op_at, what: format!("more than {} values", self.limits.max_values) });
+            return Err(PickleError::Limit {
+                at: self.op_at,
+                what: format!("more than {} values", self.limits.max_values),
+            });
         }
         Ok(())
     }
@@ -239,7 +242,10 @@ impl Vm<'_, '_> {
     fn memo_put(&mut self, idx: u32) -> Result<()> {
         let v = self.top()?.clone();
         if self.memo.len() >= self.limits.max_memo && !self.memo.contains_key(&idx) {
-            return Err(PickleError::Limit { at: self.op_at, what: format!("more than {} memo entries", self.limits.max_memo) });
+            return Err(PickleError::Limit {
+                at: self.op_at,
+                what: format!("more than {} memo entries", self.limits.max_memo),
+            });
         }
         self.memo.insert(idx, v);
         Ok(())
@@ -404,7 +410,8 @@ impl Vm<'_, '_> {
                 b'L' => {
                     let l = self.line_str()?;
                     let digits = l.trim_end_matches('L');
-                    let v = parse_decimal_int(digits).ok_or_else(|| PickleError::Malformed { at: self.op_at, what: "bad LONG".into() })?;
+                    let v = parse_decimal_int(digits)
+                        .ok_or_else(|| PickleError::Malformed { at: self.op_at, what: "bad LONG".into() })?;
                     self.push(v)?;
                 }
                 0x8a => {
@@ -432,7 +439,8 @@ impl Vm<'_, '_> {
                 // --- strings and bytes
                 b'S' => {
                     let l = self.line()?.to_vec();
-                    let s = unquote_python_str(&l).ok_or_else(|| PickleError::Malformed { at: self.op_at, what: "bad STRING".into() })?;
+                    let s = unquote_python_str(&l)
+                        .ok_or_else(|| PickleError::Malformed { at: self.op_at, what: "bad STRING".into() })?;
                     self.push(Value::Str(Rc::from(String::from_utf8_lossy(&s).as_ref())))?;
                 }
                 b'T' => {
@@ -447,7 +455,8 @@ impl Vm<'_, '_> {
                 }
                 b'V' => {
                     let l = self.line()?.to_vec();
-                    let s = raw_unicode_escape(&l).ok_or_else(|| PickleError::Malformed { at: self.op_at, what: "bad UNICODE".into() })?;
+                    let s = raw_unicode_escape(&l)
+                        .ok_or_else(|| PickleError::Malformed { at: self.op_at, what: "bad UNICODE".into() })?;
                     self.push(Value::Str(Rc::from(s.as_str())))?;
                 }
                 b'X' => {
@@ -714,7 +723,9 @@ impl Vm<'_, '_> {
                         let mut flat = Vec::with_capacity(pairs.len() * 2);
                         for p in pairs {
                             match self.arena.get(&p) {
-                                Some(Obj::Tuple(kv)) | Some(Obj::List(kv)) if kv.len() == 2 => flat.extend(kv.iter().cloned()),
+                                Some(Obj::Tuple(kv)) | Some(Obj::List(kv)) if kv.len() == 2 => {
+                                    flat.extend(kv.iter().cloned())
+                                }
                                 _ if matches!(self.arena.get(items), Some(Obj::Dict(..))) => flat.push(p),
                                 _ => return self.malformed("dict() item is not a pair"),
                             }
@@ -863,7 +874,8 @@ impl Vm<'_, '_> {
             return self.malformed(format!("{name}: first argument is not a storage"));
         };
         let offset = self.int_arg(&args[1], "storage offset")?;
-        let offset = usize::try_from(offset).or_else(|_| self.malformed(format!("negative storage offset {offset}")))?;
+        let offset =
+            usize::try_from(offset).or_else(|_| self.malformed(format!("negative storage offset {offset}")))?;
         let shape = self.usize_list(&args[2], "tensor size")?;
         let stride = self.usize_list(&args[3], "tensor stride")?;
         if shape.len() != stride.len() {

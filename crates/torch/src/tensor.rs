@@ -38,9 +38,16 @@ pub struct TensorPlan {
 impl TensorPlan {
     /// Maps a pickled tensor to its safetensors form; errors for dtypes safetensors lacks.
     pub fn new(archive: &TorchArchive, name: &str, def: &TensorDef) -> Result<TensorPlan> {
-        let err = |reason: String| TorchError::Tensor { path: archive.path().to_path_buf(), tensor: name.to_string(), reason };
+        let err = |reason: String| TorchError::Tensor {
+            path: archive.path().to_path_buf(),
+            tensor: name.to_string(),
+            reason,
+        };
         let dtype = def.dtype.safetensors().ok_or_else(|| {
-            err(format!("dtype {} has no safetensors equivalent (convert it, e.g. complex128 to complex64, before saving)", def.dtype.name()))
+            err(format!(
+                "dtype {} has no safetensors equivalent (convert it, e.g. complex128 to complex64, before saving)",
+                def.dtype.name()
+            ))
         })?;
         let mut shape = def.shape.clone();
         if dtype == Dtype::F4 {
@@ -99,7 +106,8 @@ impl TorchArchive {
         chunk: usize,
         sink: &mut dyn FnMut(Chunk<'s, '_>) -> Result<()>,
     ) -> Result<()> {
-        let err = |reason: String| TorchError::Tensor { path: self.path().to_path_buf(), tensor: name.to_string(), reason };
+        let err =
+            |reason: String| TorchError::Tensor { path: self.path().to_path_buf(), tensor: name.to_string(), reason };
         let esize = def.dtype.element_size();
         let numel: usize = def.shape.iter().product();
         if numel == 0 {
@@ -112,11 +120,15 @@ impl TorchArchive {
             _ => esize,
         };
         let swap = self.is_big_endian() && swap_unit > 1;
-        let chunk = chunk.max(esize).div_ceil(esize) * esize;
+        // A whole number of elements per piece (so byte swaps never straddle pieces).
+        let chunk = chunk.clamp(esize, 1 << 40);
+        let chunk = chunk - chunk % esize;
         if is_contiguous(&def.shape, &def.stride) {
             let start = def.offset.checked_mul(esize).ok_or_else(|| err("offset overflows".into()))?;
             let len = numel.checked_mul(esize).ok_or_else(|| err("size overflows".into()))?;
-            let bytes = storage.get(start..start.saturating_add(len)).ok_or_else(|| err("view lies outside its storage".into()))?;
+            let bytes = storage
+                .get(start..start.saturating_add(len))
+                .ok_or_else(|| err("view lies outside its storage".into()))?;
             for piece in bytes.chunks(chunk) {
                 match (&storage, swap) {
                     (Cow::Borrowed(s), false) => {
@@ -147,7 +159,8 @@ impl TorchArchive {
         while done < numel {
             let elem = def.offset + idx.iter().zip(&def.stride).map(|(i, s)| i * s).sum::<usize>();
             let start = elem * esize;
-            let src = storage.get(start..start + run * esize).ok_or_else(|| err("view lies outside its storage".into()))?;
+            let src =
+                storage.get(start..start + run * esize).ok_or_else(|| err("view lies outside its storage".into()))?;
             let mut src = src;
             while !src.is_empty() {
                 let room = chunk - buf.len();

@@ -1,7 +1,7 @@
 //! The values a restricted pickle can build: plain data, plus references to torch storages and
 //! tensors. Nothing here can hold or call code.
 
-use std::rc::Rc;
+use std::sync::Arc as Rc;
 
 use crate::globals::{Global, TorchDtype};
 

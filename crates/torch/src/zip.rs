@@ -118,7 +118,9 @@ impl<'a> ZipArchive<'a> {
         let lowest = len.saturating_sub(22 + 0xFFFF);
         let eocd = (lowest..=len - 22)
             .rev()
-            .find(|&i| le32(bytes, i).ok() == Some(EOCD_SIG) && le16(bytes, i + 20).ok().map(usize::from) == Some(len - i - 22))
+            .find(|&i| {
+                le32(bytes, i).ok() == Some(EOCD_SIG) && le16(bytes, i + 20).ok().map(usize::from) == Some(len - i - 22)
+            })
             .or_else(|| (lowest..=len - 22).rev().find(|&i| le32(bytes, i).ok() == Some(EOCD_SIG)))
             .ok_or(ZipError::NoEndRecord)?;
         let disk = le16(bytes, eocd + 4)?;
@@ -166,7 +168,8 @@ impl<'a> ZipArchive<'a> {
             let extra_len = usize::from(le16(cd, at + 30)?);
             let comment_len = usize::from(le16(cd, at + 32)?);
             let mut local = u64::from(le32(cd, at + 42)?);
-            let name_bytes = cd.get(at + 46..at + 46 + name_len).ok_or_else(|| ZipError::Corrupt("entry name cut short".into()))?;
+            let name_bytes =
+                cd.get(at + 46..at + 46 + name_len).ok_or_else(|| ZipError::Corrupt("entry name cut short".into()))?;
             let name = std::str::from_utf8(name_bytes)
                 .map_err(|_| ZipError::Corrupt("entry name is not UTF-8".into()))?
                 .to_string();
@@ -178,7 +181,9 @@ impl<'a> ZipArchive<'a> {
             while e + 4 <= extra.len() {
                 let id = le16(extra, e)?;
                 let n = usize::from(le16(extra, e + 2)?);
-                let body = extra.get(e + 4..e + 4 + n).ok_or_else(|| ZipError::Corrupt(format!("entry `{name}`: extra field cut short")))?;
+                let body = extra
+                    .get(e + 4..e + 4 + n)
+                    .ok_or_else(|| ZipError::Corrupt(format!("entry `{name}`: extra field cut short")))?;
                 if id == 1 {
                     let mut k = 0;
                     for field in [&mut size, &mut csize, &mut local] {
@@ -262,10 +267,14 @@ pub fn read_entry<'a>(bytes: &'a [u8], e: &Entry, max_size: u64) -> Result<Cow<'
         return Err(err(format!("inflates to {} bytes, over the limit of {max_size}", e.size)));
     }
     if e.size > e.compressed_size.saturating_mul(MAX_DEFLATE_RATIO).saturating_add(1024) {
-        return Err(err(format!("claims {} bytes from {} compressed: not possible with deflate", e.size, e.compressed_size)));
+        return Err(err(format!(
+            "claims {} bytes from {} compressed: not possible with deflate",
+            e.size, e.compressed_size
+        )));
     }
-    let out = miniz_oxide::inflate::decompress_to_vec_with_limit(input, e.size as usize)
-        .map_err(|status| err(format!("deflate data is corrupt or longer than the directory says ({:?})", status.status)))?;
+    let out = miniz_oxide::inflate::decompress_to_vec_with_limit(input, e.size as usize).map_err(|status| {
+        err(format!("deflate data is corrupt or longer than the directory says ({:?})", status.status))
+    })?;
     if out.len() as u64 != e.size {
         return Err(err(format!("inflated to {} bytes, the directory says {}", out.len(), e.size)));
     }

@@ -54,6 +54,11 @@ impl WriteOptions {
         self.checksums
     }
 
+    /// Whether an existing target may be replaced.
+    pub fn has_overwrite(&self) -> bool {
+        self.overwrite
+    }
+
     /// Whether fsync is on.
     pub fn has_fsync(&self) -> bool {
         self.fsync

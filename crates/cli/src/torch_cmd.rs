@@ -1,0 +1,142 @@
+//! `safeckpt convert` and `safeckpt inspect` of PyTorch files.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::Result;
+use safeckpt_torch::{ArchiveFormat, CastTo, ConvertOptions, TorchArchive, TorchError};
+use safeckpt_writer::WriteOptions;
+use serde_json::json;
+
+use crate::util::{
+    EXIT_BAD_INPUT, EXIT_FAILURE, Exit, human_bytes, human_duration, natural_cmp, progress_bar, thousands,
+};
+
+/// Whether a file looks like a PyTorch file rather than safetensors (by its first bytes).
+pub fn is_torch_file(path: &Path) -> bool {
+    let mut head = [0u8; 4];
+    let Ok(mut f) = std::fs::File::open(path) else { return false };
+    let n = std::io::Read::read(&mut f, &mut head).unwrap_or(0);
+    n >= 2 && (head.starts_with(b"PK\x03\x04") || head[0] == 0x80)
+}
+
+/// Maps importer errors to the CLI's exit codes.
+fn exit_for(e: TorchError) -> anyhow::Error {
+    let code = if e.is_bad_input() { EXIT_BAD_INPUT } else { EXIT_FAILURE };
+    anyhow::Error::new(Exit(code, e.to_string()))
+}
+
+/// Options of `safeckpt convert`.
+pub struct ConvertArgs<'a> {
+    pub key: Option<&'a str>,
+    pub dtype: Option<&'a str>,
+    pub keep_aliases: bool,
+    pub max_shard_size: Option<&'a str>,
+    pub write: WriteOptions,
+    pub quiet: bool,
+}
+
+/// Converts a PyTorch file to safetensors.
+pub fn convert(input: &Path, output: &Path, args: &ConvertArgs<'_>) -> Result<()> {
+    let start = Instant::now();
+    let dtype = args.dtype.map(|d| d.parse::<CastTo>()).transpose().map_err(|e| Exit(EXIT_BAD_INPUT, e))?;
+    let max_shard_size = args.max_shard_size.map(safeckpt_writer::parse_size).transpose()?;
+    let opts = ConvertOptions {
+        key: args.key.map(str::to_string),
+        dtype,
+        keep_aliases: args.keep_aliases,
+        max_shard_size,
+        write: args.write.clone(),
+    };
+    let archive = TorchArchive::open(input).map_err(exit_for)?;
+    let plan = archive.plan_conversion(&opts).map_err(exit_for)?;
+    let total: u64 = plan.tensors.iter().map(|(p, _)| p.byte_len() as u64).sum();
+    let pb = if args.quiet { indicatif::ProgressBar::hidden() } else { progress_bar(total, "convert") };
+    let s = archive.convert(output, &opts, &|n| pb.inc(n)).map_err(exit_for)?;
+    pb.finish_and_clear();
+    if !args.quiet {
+        let format = match &s.format {
+            ArchiveFormat::Zip { .. } => "torch zip archive",
+            ArchiveFormat::Legacy => "legacy torch file",
+        };
+        println!(
+            "converted {} ({format}{}) -> {}",
+            input.display(),
+            if s.big_endian { ", big-endian storages byte-swapped" } else { "" },
+            s.index.as_ref().unwrap_or(&s.outputs[0]).display()
+        );
+        println!(
+            "  {} tensors ({}), {} values in metadata, {} aliases{}{} in {}",
+            thousands(s.tensors as u64),
+            human_bytes(s.data_bytes),
+            s.values,
+            s.aliases.len(),
+            if s.cast > 0 { format!(", {} cast", s.cast) } else { String::new() },
+            if s.gathered > 0 { format!(", {} strided views written contiguous", s.gathered) } else { String::new() },
+            human_duration(start.elapsed())
+        );
+        for (alias, kept) in &s.aliases {
+            println!("  alias: {alias} -> {kept}");
+        }
+        if s.outputs.len() > 1 {
+            println!("  {} shards", s.outputs.len());
+        }
+    }
+    Ok(())
+}
+
+/// `safeckpt inspect` of a PyTorch file: what is inside, without converting.
+pub fn inspect(path: &Path, as_json: bool) -> Result<String> {
+    let archive = TorchArchive::open(path).map_err(exit_for)?;
+    let mut tensors = archive.tensors(None).map_err(exit_for)?;
+    tensors.sort_by(|a, b| natural_cmp(&a.0, &b.0));
+    let values = archive.values(None).map_err(exit_for)?;
+    let format = match archive.format() {
+        ArchiveFormat::Zip { prefix } => format!("torch zip archive (folder `{prefix}`)"),
+        ArchiveFormat::Legacy => "legacy torch file".to_string(),
+    };
+    let params: u64 = tensors.iter().map(|(_, t)| t.shape.iter().product::<usize>() as u64).sum();
+    let bytes: u64 = tensors.iter().map(|(_, t)| t.data.len() as u64).sum();
+    if as_json {
+        let doc = json!({
+            "path": path.display().to_string(),
+            "format": format,
+            "big_endian": archive.is_big_endian(),
+            "storages": archive.storages().len(),
+            "tensor_count": tensors.len(),
+            "parameters": params,
+            "data_bytes": bytes,
+            "tensors": tensors.iter().map(|(n, t)| json!({"name": n, "dtype": t.dtype.as_str(), "shape": t.shape, "bytes": t.data.len()})).collect::<Vec<_>>(),
+            "values": values.iter().map(|(k, v)| (k.clone(), serde_json::from_str::<serde_json::Value>(v).unwrap_or(serde_json::Value::String(v.clone())))).collect::<serde_json::Map<_, _>>(),
+        });
+        return Ok(serde_json::to_string_pretty(&doc)? + "\n");
+    }
+    let mut out = String::new();
+    writeln!(out, "{}  ({format}{})", path.display(), if archive.is_big_endian() { ", big-endian" } else { "" })?;
+    writeln!(
+        out,
+        "{} tensors, {} parameters, {} of tensor data in {} storages; no code was run to read it",
+        thousands(tensors.len() as u64),
+        thousands(params),
+        human_bytes(bytes),
+        archive.storages().len()
+    )?;
+    if !values.is_empty() {
+        writeln!(out, "\nvalues:")?;
+        for (k, v) in &values {
+            let shown: String =
+                if v.chars().count() > 100 { v.chars().take(97).collect::<String>() + "..." } else { v.clone() };
+            writeln!(out, "  {k}: {shown}")?;
+        }
+    }
+    if !tensors.is_empty() {
+        let w = tensors.iter().map(|(n, _)| n.chars().count()).max().unwrap_or(4).max(4);
+        writeln!(out, "\n{:<w$}  {:<11}  {:<18}  {:>10}", "NAME", "DTYPE", "SHAPE", "SIZE")?;
+        for (n, t) in &tensors {
+            let shape = format!("[{}]", t.shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", "));
+            writeln!(out, "{n:<w$}  {:<11}  {shape:<18}  {:>10}", t.dtype.as_str(), human_bytes(t.data.len() as u64))?;
+        }
+    }
+    Ok(out)
+}

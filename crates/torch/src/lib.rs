@@ -1,0 +1,83 @@
+//! # safeckpt-torch
+//!
+//! Reads PyTorch checkpoints (`.pth`, `.pt`, `pytorch_model.bin`) without running any code from
+//! them, and converts them to safetensors.
+//!
+//! - Containers: the zip archive of `torch.save` (records looked up by name, `byteorder`
+//!   honoured, stored entries read straight from the memory map, deflated entries inflated with a
+//!   bound) and the legacy format (`_use_new_zipfile_serialization=False`).
+//! - [`pickle`]: a pickle VM of our own for protocols 0 to 5 that can only build data. Globals are
+//!   resolved against an allow-list ([`globals`]); `os.system`, `builtins.eval`, user classes and
+//!   every other name are refused by name; nothing is imported or called. Resources are bounded.
+//! - Tensors from `_rebuild_tensor_v2`/`v3`, `_rebuild_parameter(_with_state)` and
+//!   `_rebuild_from_type_v2`, any storage dtype safetensors can hold, views with offsets and
+//!   strides (written contiguous), big-endian storages (byte-swapped); quantized, sparse, meta,
+//!   nested and wrapper tensors are refused with a message naming the kind.
+//! - [`flatten`]: nested dicts and lists become dotted names; other values become JSON metadata.
+//! - [`TorchArchive::convert`]: streaming conversion, tensor by tensor, in bounded memory, with
+//!   tied weights written once, optional casting and sharding.
+//!
+//! ```no_run
+//! use safeckpt_torch::{ConvertOptions, TorchArchive};
+//!
+//! let archive = TorchArchive::open("checkpoint.pth")?;
+//! for (name, tensor) in archive.tensors(None)? {
+//!     println!("{name}: {} {:?}", tensor.dtype, tensor.shape);
+//! }
+//! archive.convert("checkpoint.safetensors".as_ref(), &ConvertOptions::default(), &|_| {})?;
+//! # Ok::<(), safeckpt_torch::TorchError>(())
+//! ```
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+mod archive;
+mod convert;
+mod error;
+pub mod flatten;
+pub mod globals;
+pub mod pickle;
+mod tensor;
+pub mod value;
+pub mod zip;
+
+pub use archive::{ArchiveFormat, MAX_PICKLE_LEN, StorageInfo, TORCH_LEGACY_MAGIC, TorchArchive};
+pub use convert::{CONVERT_CHUNK, CastTo, Conversion, ConvertOptions, ConvertSummary, cast, convert};
+pub use error::{Result, TorchError};
+pub use tensor::{Chunk, TensorPlan, is_contiguous};
+
+use std::borrow::Cow;
+
+/// A tensor of a PyTorch file, in safetensors terms.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TorchTensor<'a> {
+    /// safetensors dtype.
+    pub dtype: safeckpt_format::Dtype,
+    /// Shape.
+    pub shape: Vec<usize>,
+    /// Contiguous little-endian bytes, borrowed from the mapped file when the view allows it.
+    pub data: Cow<'a, [u8]>,
+}
+
+impl TorchArchive {
+    /// Every tensor (of the sub-tree at `key`, if given) under its flattened name, with its bytes:
+    /// zero-copy for contiguous little-endian views.
+    pub fn tensors(&self, key: Option<&str>) -> Result<Vec<(String, TorchTensor<'_>)>> {
+        let flat = flatten::flatten(self.arena(), self.root(), key)
+            .map_err(|reason| TorchError::Structure { path: self.path().to_path_buf(), reason })?;
+        flat.tensors
+            .iter()
+            .map(|(name, def)| {
+                let plan = TensorPlan::new(self, name, def)?;
+                let data = self.tensor_bytes(name, def)?;
+                Ok((name.clone(), TorchTensor { dtype: plan.dtype, shape: plan.shape, data }))
+            })
+            .collect()
+    }
+
+    /// The non-tensor values (of the sub-tree at `key`) as flattened names and JSON text.
+    pub fn values(&self, key: Option<&str>) -> Result<Vec<(String, String)>> {
+        let flat = flatten::flatten(self.arena(), self.root(), key)
+            .map_err(|reason| TorchError::Structure { path: self.path().to_path_buf(), reason })?;
+        Ok(flat.metadata)
+    }
+}
