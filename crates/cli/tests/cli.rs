@@ -148,3 +148,51 @@ fn demo_runs_and_keeps_its_files_when_asked() {
     assert!(dir.path().join("model.safetensors").exists());
     assert!(dir.path().join("sharded/model.safetensors.index.json").exists());
 }
+
+#[test]
+fn convert_pytorch_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("ck.safetensors");
+    let src = fixtures().join("pytorch/checkpoint_adam.pth");
+    let o = run(&["convert", src.to_str().unwrap(), out.to_str().unwrap(), "--no-fsync"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("24 tensors"), "{}", text(&o));
+    let bytes = std::fs::read(&out).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    assert_eq!(st.len(), 24);
+    // Refuses to overwrite without --force.
+    let o = run(&["convert", src.to_str().unwrap(), out.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    // Malicious and broken files: exit 2, a clear message, no output, no code run.
+    for (name, needle) in [
+        ("pytorch/evil_os_system.pth", "posix.system"),
+        ("pytorch/whole_model.pth", "state_dict"),
+        ("pytorch/extra/memo_bomb.pth", "memo bomb"),
+        ("pytorch/extra/truncated.pth", "truncated"),
+        ("pytorch/extra/evil_ext2.pth", "extension registry"),
+    ] {
+        let target = dir.path().join("refused.safetensors");
+        let o = bin()
+            .current_dir(dir.path())
+            .args(["convert", fixtures().join(name).to_str().unwrap(), target.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(2), "{name}: {}", text(&o));
+        assert!(text(&o).contains(needle), "{name}: {}", text(&o));
+        assert!(!target.exists(), "{name}");
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(left.len(), 1, "{name}: {left:?}");
+    }
+    // Inspect without converting.
+    let o = run(&["inspect", src.to_str().unwrap()]);
+    assert!(o.status.success());
+    assert!(
+        text(&o).contains("optimizer_state_dict.state.0.exp_avg") && text(&o).contains("no code was run"),
+        "{}",
+        text(&o)
+    );
+    let o = run(&["inspect", "--json", fixtures().join("pytorch/legacy.pth").to_str().unwrap()]);
+    let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(doc["format"], "legacy torch file");
+    assert_eq!(doc["tensor_count"], 6);
+}

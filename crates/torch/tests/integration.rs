@@ -1,1 +1,4 @@
 //! Integration tests for safeckpt-torch.
+
+mod corpus;
+mod options;
