@@ -9,6 +9,7 @@
 //! cargo run --release -p safeckpt-benches -- save --size-mib 1024 --rounds 7
 //! ```
 
+mod convert;
 mod harness;
 mod model;
 mod scenarios;
@@ -43,6 +44,24 @@ enum Scenario {
     Load,
     /// Every scenario above.
     All,
+    /// Convert a PyTorch file with one of the converters, in this process; prints the seconds the
+    /// conversion took (used by `benches/convert_bench.py`, which also times the whole process).
+    Convert {
+        /// `safeckpt`, `candle` or `pytorch-reader`.
+        converter: String,
+        /// The PyTorch file.
+        input: std::path::PathBuf,
+        /// The safetensors file to write.
+        output: std::path::PathBuf,
+    },
+    /// Write `bytes` bytes of a pre-filled buffer with one `write_all` (the raw baseline of the
+    /// conversion benchmark); prints the seconds the write took.
+    RawWrite {
+        /// Bytes to write.
+        bytes: usize,
+        /// Target file.
+        output: std::path::PathBuf,
+    },
     /// Internal: one load in this fresh process; prints the seconds it took.
     #[command(hide = true)]
     LoadChild {
@@ -55,8 +74,11 @@ enum Scenario {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    if let Scenario::LoadChild { case, path } = &cli.scenario {
-        return scenarios::load_child(case, path);
+    match &cli.scenario {
+        Scenario::LoadChild { case, path } => return scenarios::load_child(case, path),
+        Scenario::Convert { converter, input, output } => return convert::run(converter, input, output),
+        Scenario::RawWrite { bytes, output } => return convert::raw_write(*bytes, output),
+        _ => {}
     }
     println!(
         "# safeckpt-bench: {} MiB state dict, {} rounds, {} threads",
@@ -72,7 +94,9 @@ fn main() -> Result<()> {
             Scenario::Open => scenarios::open(cli.rounds.max(50)),
             Scenario::Read => scenarios::read(cli.size_mib, cli.rounds),
             Scenario::Load => scenarios::load(cli.size_mib, cli.rounds),
-            Scenario::All | Scenario::LoadChild { .. } => unreachable!(),
+            Scenario::All | Scenario::LoadChild { .. } | Scenario::Convert { .. } | Scenario::RawWrite { .. } => {
+                unreachable!()
+            }
         }
     };
     if cli.scenario == Scenario::All {
