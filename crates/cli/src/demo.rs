@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, ensure};
 use safeckpt_reader::{Reader, ShardedReader};
+use safeckpt_torch::{ConvertOptions, TorchArchive};
 use safeckpt_writer::{WriteOptions, write_file, write_sharded};
 
 use crate::inspect::inspect_safetensors;
@@ -13,6 +14,11 @@ use crate::util::{human_bytes, human_duration, thousands};
 /// A GPT-2-shaped model (4 layers, width 64) written by Python's `safetensors`; see
 /// `fixtures/models/make_tiny_gpt.py`.
 const TINY_GPT: &[u8] = include_bytes!("../../../fixtures/models/tiny-gpt.safetensors");
+/// A PyTorch training checkpoint made by torch 2.15: `{epoch, model_state_dict,
+/// optimizer_state_dict (Adam after 3 steps), loss}`.
+const TORCH_CHECKPOINT: &[u8] = include_bytes!("../../../fixtures/pytorch/checkpoint_adam.pth");
+/// A pickle that runs `os.system` when `torch.load(weights_only=False)` opens it.
+const EVIL_PICKLE: &[u8] = include_bytes!("../../../fixtures/pytorch/evil_os_system.pth");
 
 /// Runs the demo in `dir` (a fresh temporary directory when `None`).
 pub fn run(dir: Option<&Path>) -> Result<()> {
@@ -131,6 +137,39 @@ pub fn run(dir: Option<&Path>) -> Result<()> {
         rows.byte_len(),
         rows.as_contiguous().is_some()
     );
+
+    // 8. Leave pickle behind: convert a PyTorch training checkpoint, refuse a malicious one.
+    let ckpt = dir.join("checkpoint_adam.pth");
+    std::fs::write(&ckpt, TORCH_CHECKPOINT)?;
+    let converted = dir.join("checkpoint_adam.safetensors");
+    let t = Instant::now();
+    let archive = TorchArchive::open(&ckpt)?;
+    let summary = archive.convert(&converted, &ConvertOptions::default(), &|_| {})?;
+    let values = archive.values(None)?;
+    println!(
+        "8. convert  {} (torch.save zip, Adam after 3 steps): {} tensors and {} values in {}, no code run",
+        ckpt.file_name().unwrap_or_default().to_string_lossy(),
+        summary.tensors,
+        summary.values,
+        human_duration(t.elapsed())
+    );
+    let reader = Reader::open(&converted)?;
+    let names = reader.names();
+    let model = names.iter().filter(|n| n.starts_with("model_state_dict.")).count();
+    let moments = names.iter().filter(|n| n.ends_with(".exp_avg") || n.ends_with(".exp_avg_sq")).count();
+    println!(
+        "            model_state_dict.*: {model} tensors; optimizer_state_dict.state.*: {moments} Adam moments and the step counts"
+    );
+    for (k, v) in &values {
+        let shown: String =
+            if v.chars().count() > 70 { v.chars().take(67).collect::<String>() + "..." } else { v.clone() };
+        println!("            {k} = {shown}");
+    }
+    let evil = dir.join("evil_os_system.pth");
+    std::fs::write(&evil, EVIL_PICKLE)?;
+    let refused = TorchArchive::open(&evil).map(|_| ()).expect_err("a malicious pickle must be refused");
+    println!("            a malicious pickle is refused: {refused}");
+
     println!("\nThe files are standard safetensors: Python, candle and transformers open them as they are.");
     Ok(())
 }

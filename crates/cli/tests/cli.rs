@@ -142,7 +142,9 @@ fn demo_runs_and_keeps_its_files_when_asked() {
     let o = run(&["demo", "--dir", dir.path().to_str().unwrap()]);
     assert!(o.status.success(), "{}", text(&o));
     let out = text(&o);
-    for step in ["1. write", "2. shard", "3. verify", "4. inspect", "5. damage", "6. merge", "7. read"] {
+    for step in
+        ["1. write", "2. shard", "3. verify", "4. inspect", "5. damage", "6. merge", "7. read", "8. convert", "refused"]
+    {
         assert!(out.contains(step), "missing {step}:\n{out}");
     }
     assert!(dir.path().join("model.safetensors").exists());
