@@ -1,0 +1,252 @@
+//! One training checkpoint = model variables + optimizer state + [`TrainState`], in one
+//! safetensors file (or a sharded set when large). See `docs/format.md` for the schema.
+
+use std::borrow::Cow;
+use std::path::{Path, PathBuf};
+
+use candle_core::{Tensor, Var};
+use safeckpt_format::{Dtype, Metadata, RawTensor, TensorSource};
+use safeckpt_reader::ShardedReader;
+use safeckpt_writer::{WriteOptions, write_file, write_sharded};
+
+use crate::error::{CandleError, Result};
+use crate::optim::{StateEntry, StatefulOptimizer};
+use crate::state_dict::{LoadOptions, LoadReport, check_vars};
+use crate::tensor::{CandleSource, view_to_tensor};
+use crate::train_state::{CHECKPOINT_KEY, CHECKPOINT_VERSION, TRAIN_STATE_KEY, TrainState};
+
+/// Model tensors are stored as `model.<variable name>`.
+pub const MODEL_PREFIX: &str = "model.";
+/// Optimizer state is stored as `optimizer.state.<param>.<key>`.
+pub const OPTIMIZER_PREFIX: &str = "optimizer.";
+/// The optimizer's parameter groups (hyper-parameters and parameter names), as PyTorch names them.
+pub const PARAM_GROUPS_KEY: &str = "optimizer.param_groups";
+
+/// How a checkpoint is written.
+#[derive(Debug, Clone, Default)]
+pub struct CheckpointOptions {
+    /// Writer options (checksums, fsync: both on by default).
+    pub write: WriteOptions,
+    /// Write a sharded set (a directory) when the tensors exceed this many bytes.
+    pub max_shard_size: Option<u64>,
+}
+
+/// The metadata of a checkpoint: schema, train state, optimizer kind and parameter groups.
+pub fn checkpoint_metadata(opt: Option<&dyn StatefulOptimizer>, state: &TrainState) -> Metadata {
+    let mut m = Metadata::new();
+    let schema = serde_json::json!({
+        "version": CHECKPOINT_VERSION,
+        "model_prefix": MODEL_PREFIX,
+        "optimizer_prefix": OPTIMIZER_PREFIX,
+        "optimizer": opt.map(|o| o.kind()),
+    });
+    m.insert(CHECKPOINT_KEY.into(), schema.to_string());
+    m.insert(TRAIN_STATE_KEY.into(), state.to_json());
+    if let Some(o) = opt {
+        m.insert(PARAM_GROUPS_KEY.into(), o.param_groups().to_string());
+        m.insert("optimizer.kind".into(), o.kind().into());
+    }
+    m
+}
+
+/// A writer input that is either a candle tensor or bytes.
+enum Source<'a> {
+    Candle(CandleSource<'a>),
+    Raw(RawTensor<'a>),
+}
+
+impl TensorSource for Source<'_> {
+    fn dtype(&self) -> Dtype {
+        match self {
+            Source::Candle(c) => c.dtype(),
+            Source::Raw(r) => r.dtype(),
+        }
+    }
+    fn shape(&self) -> &[usize] {
+        match self {
+            Source::Candle(c) => c.shape(),
+            Source::Raw(r) => r.shape(),
+        }
+    }
+    fn data(&self) -> Cow<'_, [u8]> {
+        match self {
+            Source::Candle(c) => c.data(),
+            Source::Raw(r) => r.data(),
+        }
+    }
+    fn data_len(&self) -> usize {
+        match self {
+            Source::Candle(c) => c.data_len(),
+            Source::Raw(r) => r.data_len(),
+        }
+    }
+}
+
+fn write_sources(
+    path: &Path,
+    sources: &[(String, Source<'_>)],
+    metadata: Metadata,
+    opts: &CheckpointOptions,
+) -> Result<PathBuf> {
+    let total: u64 = sources.iter().map(|(_, s)| s.data_len() as u64).sum();
+    match opts.max_shard_size {
+        Some(max) if total > max => {
+            let s = write_sharded(path, "model", sources, Some(metadata), max, &opts.write, &|_| {})?;
+            Ok(s.index.unwrap_or_else(|| path.join("model.safetensors")))
+        }
+        _ => Ok(write_file(path, sources, Some(metadata), &opts.write)?.path),
+    }
+}
+
+/// Saves variables, optimizer state and train state to `path`, straight from their memory (CPU
+/// variables and optimizer buffers are not copied). Returns the file (or index) written.
+pub fn save_checkpoint(
+    path: impl AsRef<Path>,
+    vars: &[(String, Var)],
+    opt: Option<&dyn StatefulOptimizer>,
+    state: &TrainState,
+    opts: &CheckpointOptions,
+) -> Result<PathBuf> {
+    let names: Vec<String> = vars.iter().map(|(n, _)| format!("{MODEL_PREFIX}{n}")).collect();
+    let state_entries: Vec<StateEntry> = opt.map(|o| o.state_snapshot()).unwrap_or_default();
+    let mut sources: Vec<(String, Source<'_>)> = Vec::with_capacity(vars.len() + state_entries.len());
+    for (name, (_, var)) in names.iter().zip(vars) {
+        sources.push((name.clone(), Source::Candle(CandleSource::new(name, var.as_tensor())?)));
+    }
+    for e in &state_entries {
+        sources.push((format!("{OPTIMIZER_PREFIX}{}", e.name), Source::Raw(e.raw())));
+    }
+    write_sources(path.as_ref(), &sources, checkpoint_metadata(opt, state), opts)
+}
+
+/// Everything a checkpoint holds, copied out of the live variables and optimizer: what an
+/// asynchronous save writes while training continues.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// Tensors by stored name.
+    pub tensors: Vec<(String, RawTensor<'static>)>,
+    /// Metadata.
+    pub metadata: Metadata,
+}
+
+/// Handles to what a snapshot will copy: variables (shared candle storages) and optimizer state
+/// (shared buffers). Cheap to take; [`SnapshotSource::materialize`] does the copying.
+#[derive(Debug)]
+pub struct SnapshotSource {
+    vars: Vec<(String, Tensor)>,
+    state: Vec<StateEntry>,
+    metadata: Metadata,
+}
+
+impl SnapshotSource {
+    /// Takes handles (no copy).
+    pub fn new(vars: &[(String, Var)], opt: Option<&dyn StatefulOptimizer>, state: &TrainState) -> Self {
+        SnapshotSource {
+            vars: vars.iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect(),
+            state: opt.map(|o| o.state_snapshot()).unwrap_or_default(),
+            metadata: checkpoint_metadata(opt, state),
+        }
+    }
+
+    /// Copies every tensor into owned memory and releases the handles.
+    pub fn materialize(self) -> Result<Snapshot> {
+        let mut tensors = Vec::with_capacity(self.vars.len() + self.state.len());
+        for (n, t) in &self.vars {
+            let name = format!("{MODEL_PREFIX}{n}");
+            let src = CandleSource::new(&name, t)?;
+            let raw = RawTensor::owned(src.dtype(), src.shape().to_vec(), src.data().into_owned());
+            tensors.push((name, raw));
+        }
+        for e in &self.state {
+            let r = e.raw();
+            tensors.push((
+                format!("{OPTIMIZER_PREFIX}{}", e.name),
+                RawTensor::owned(r.dtype, r.shape.clone(), r.data.into_owned()),
+            ));
+        }
+        Ok(Snapshot { tensors, metadata: self.metadata })
+    }
+}
+
+impl Snapshot {
+    /// Writes the snapshot.
+    pub fn write(&self, path: &Path, opts: &CheckpointOptions) -> Result<PathBuf> {
+        let sources: Vec<(String, Source<'_>)> = self
+            .tensors
+            .iter()
+            .map(|(n, r)| (n.clone(), Source::Raw(RawTensor::borrowed(r.dtype, r.shape.clone(), &r.data))))
+            .collect();
+        write_sources(path, &sources, self.metadata.clone(), opts)
+    }
+}
+
+/// What [`load_checkpoint`] restored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Loaded {
+    /// The train state.
+    pub state: TrainState,
+    /// What happened to the model variables.
+    pub report: LoadReport,
+}
+
+/// Reads the [`TrainState`] of a checkpoint.
+pub fn read_train_state(set: &ShardedReader) -> Result<TrainState> {
+    let meta = set.shards().first().and_then(|s| s.metadata());
+    let text = meta.and_then(|m| m.get(TRAIN_STATE_KEY)).ok_or_else(|| CandleError::Checkpoint {
+        path: set.path().to_path_buf(),
+        reason: format!("no `{TRAIN_STATE_KEY}` metadata: not a safeckpt training checkpoint"),
+    })?;
+    TrainState::from_json(text).map_err(|e| CandleError::Checkpoint {
+        path: set.path().to_path_buf(),
+        reason: format!("bad train state: {e}"),
+    })
+}
+
+/// Restores variables and optimizer state from a checkpoint and returns its train state.
+///
+/// With `strict`, nothing is modified unless every variable has a matching tensor and none is
+/// left over; the optimizer's state is validated in full before it is assigned. The optimizer
+/// kind recorded in the file must match.
+pub fn load_checkpoint<'o>(
+    set: &ShardedReader,
+    vars: &[(String, Var)],
+    opt: Option<&mut (dyn StatefulOptimizer + 'o)>,
+    strict: bool,
+) -> Result<Loaded> {
+    let state = read_train_state(set)?;
+    let lopts = LoadOptions { strict, prefix: MODEL_PREFIX.into() };
+    let report = check_vars(set, vars, &lopts);
+    if strict && !report.is_clean() {
+        return Err(CandleError::Load(report));
+    }
+    // Stage the model's new values first (nothing assigned yet).
+    let mut staged = Vec::with_capacity(report.loaded.len());
+    for (name, var) in vars {
+        if !report.loaded.contains(name) {
+            continue;
+        }
+        let view = set.tensor(&format!("{MODEL_PREFIX}{name}"))?;
+        staged.push((var, view_to_tensor(&view, var.device(), Some(var.dtype()))?));
+    }
+    if let Some(o) = opt {
+        let recorded = set.shards().first().and_then(|s| s.metadata()).and_then(|m| m.get("optimizer.kind")).cloned();
+        if let Some(kind) = recorded {
+            if kind != o.kind() {
+                return Err(CandleError::OptimizerState(format!(
+                    "{}: the checkpoint holds {kind} state, the optimizer is {}",
+                    set.path().display(),
+                    o.kind()
+                )));
+            }
+        }
+        let get = |name: &str| -> Option<Tensor> {
+            let view = set.get(&format!("{OPTIMIZER_PREFIX}{name}"))?;
+            view_to_tensor(&view, &candle_core::Device::Cpu, None).ok()
+        };
+        o.load_state(&get)?;
+    }
+    for (var, t) in staged {
+        var.set(&t)?;
+    }
+    Ok(Loaded { state, report })
+}

@@ -1,0 +1,541 @@
+//! `CheckpointManager`: a run directory of checkpoints with retention, a crash-safe ledger, a
+//! lock against concurrent writers, resume, and asynchronous saves.
+//!
+//! Layout of a run directory:
+//!
+//! ```text
+//! run/
+//!   .lock                          held (flock) by the one process writing here; says who
+//!   ledger.json                    every complete checkpoint: step, epoch, file, metrics
+//!   ckpt-000000000120.safetensors  one checkpoint (or ckpt-000000000120/ for a sharded one)
+//! ```
+//!
+//! Every file is written under a temporary name, flushed and renamed, and the ledger is replaced
+//! the same way after the checkpoint it lists, so a crash at any instant leaves the newest
+//! complete checkpoint loadable. A checkpoint committed just before a crash, before its ledger
+//! entry, is found and adopted (after verifying it) the next time the directory is opened.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+
+use candle_core::Var;
+use safeckpt_reader::ShardedReader;
+use safeckpt_writer::atomic::{remove_leftovers, write_atomic};
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::{CheckpointOptions, SnapshotSource, load_checkpoint, read_train_state, save_checkpoint};
+use crate::error::{CandleError, Result};
+use crate::optim::StatefulOptimizer;
+use crate::state_dict::LoadReport;
+use crate::train_state::TrainState;
+
+/// The ledger's file name.
+pub const LEDGER: &str = "ledger.json";
+/// The lock file's name.
+pub const LOCK: &str = ".lock";
+
+/// Whether a smaller or a larger metric is better.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Smaller is better (losses).
+    Min,
+    /// Larger is better (accuracies).
+    Max,
+}
+
+/// Keep the best checkpoints by a named metric, like Keras's `ModelCheckpoint(monitor, mode)`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeepBest {
+    /// The metric, as named in [`TrainState::metrics`].
+    pub metric: String,
+    /// Which direction is better.
+    pub mode: Mode,
+    /// How many of the best to keep.
+    pub keep: usize,
+}
+
+/// Policy of a [`CheckpointManager`].
+#[derive(Debug, Clone)]
+pub struct ManagerOptions {
+    /// Keep the most recent `keep_last` checkpoints (at least 1).
+    pub keep_last: usize,
+    /// Also keep the best by a metric.
+    pub keep_best: Option<KeepBest>,
+    /// [`CheckpointManager::should_save`] says yes every this many steps.
+    pub save_every_steps: Option<u64>,
+    /// [`CheckpointManager::should_save`] says yes at the end of each epoch.
+    pub save_every_epoch: bool,
+    /// How checkpoints are written.
+    pub checkpoint: CheckpointOptions,
+    /// Verify checksums before resuming from a checkpoint (default on).
+    pub verify_on_resume: bool,
+}
+
+impl Default for ManagerOptions {
+    fn default() -> Self {
+        ManagerOptions {
+            keep_last: 3,
+            keep_best: None,
+            save_every_steps: None,
+            save_every_epoch: true,
+            checkpoint: CheckpointOptions::default(),
+            verify_on_resume: true,
+        }
+    }
+}
+
+/// One checkpoint in the ledger.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LedgerEntry {
+    /// Optimizer steps completed.
+    pub step: u64,
+    /// Epochs completed.
+    pub epoch: u64,
+    /// File or directory name inside the run directory.
+    pub path: String,
+    /// Metrics at that point (non-finite values are dropped).
+    #[serde(default)]
+    pub metrics: BTreeMap<String, f64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+struct Ledger {
+    version: u64,
+    checkpoints: Vec<LedgerEntry>,
+}
+
+/// Blocks an optimizer step while an asynchronous save is still copying the variables.
+#[derive(Debug, Clone, Default)]
+pub struct Fence {
+    inner: Arc<(Mutex<bool>, Condvar)>,
+}
+
+impl Fence {
+    /// Waits until no snapshot is being taken.
+    pub fn wait(&self) {
+        let (lock, cv) = &*self.inner;
+        let mut busy = lock.lock().unwrap_or_else(|p| p.into_inner());
+        while *busy {
+            busy = cv.wait(busy).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    fn set(&self, busy: bool) {
+        let (lock, cv) = &*self.inner;
+        *lock.lock().unwrap_or_else(|p| p.into_inner()) = busy;
+        cv.notify_all();
+    }
+}
+
+/// Clears the fence even if the background thread fails or panics.
+struct FenceGuard(Fence);
+
+impl Drop for FenceGuard {
+    fn drop(&mut self) {
+        self.0.set(false);
+    }
+}
+
+struct Shared {
+    dir: PathBuf,
+    opts: ManagerOptions,
+    ledger: Ledger,
+}
+
+/// What [`CheckpointManager::resume`] restored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resumed {
+    /// The checkpoint used.
+    pub entry: LedgerEntry,
+    /// Its train state.
+    pub state: TrainState,
+    /// The model load report.
+    pub report: LoadReport,
+    /// Newer checkpoints skipped because they failed to open or verify, with the reason.
+    pub skipped: Vec<(String, String)>,
+}
+
+/// A run directory of checkpoints. See the module documentation.
+pub struct CheckpointManager {
+    shared: Arc<Mutex<Shared>>,
+    dir: PathBuf,
+    _lock: File,
+    fence: Fence,
+    in_flight: Option<(u64, JoinHandle<Result<()>>)>,
+    adopted: Vec<String>,
+}
+
+impl std::fmt::Debug for CheckpointManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CheckpointManager").field("dir", &self.dir).field("entries", &self.entries().len()).finish()
+    }
+}
+
+fn file_name(step: u64) -> String {
+    format!("ckpt-{step:012}")
+}
+
+fn parse_step(name: &str) -> Option<u64> {
+    let rest = name.strip_prefix("ckpt-")?;
+    let digits = rest.strip_suffix(".safetensors").unwrap_or(rest);
+    (digits.len() == 12 && digits.bytes().all(|b| b.is_ascii_digit())).then(|| digits.parse().ok()).flatten()
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown host".into())
+}
+
+impl Shared {
+    fn write_ledger(&self) -> Result<()> {
+        let text = serde_json::to_string_pretty(&self.ledger).unwrap_or_default() + "\n";
+        write_atomic(&self.dir.join(LEDGER), text.as_bytes(), self.opts.checkpoint.write.has_fsync())?;
+        Ok(())
+    }
+
+    /// Records a committed checkpoint, then applies retention (ledger first, files after).
+    fn commit(&mut self, entry: LedgerEntry) -> Result<()> {
+        self.ledger.checkpoints.retain(|e| e.step != entry.step);
+        self.ledger.checkpoints.push(entry);
+        self.ledger.checkpoints.sort_by_key(|e| e.step);
+        let keep = self.retained();
+        let dropped: Vec<LedgerEntry> =
+            self.ledger.checkpoints.iter().filter(|e| !keep.contains(&e.step)).cloned().collect();
+        self.ledger.checkpoints.retain(|e| keep.contains(&e.step));
+        self.write_ledger()?;
+        for e in dropped {
+            let p = self.dir.join(&e.path);
+            let r = if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
+            if let Err(err) = r {
+                if err.kind() != std::io::ErrorKind::NotFound {
+                    return Err(CandleError::io(p, err));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn retained(&self) -> BTreeSet<u64> {
+        let all = &self.ledger.checkpoints;
+        let mut keep: BTreeSet<u64> = all.iter().rev().take(self.opts.keep_last.max(1)).map(|e| e.step).collect();
+        if let Some(b) = &self.opts.keep_best {
+            keep.extend(best_entries(all, b).into_iter().take(b.keep).map(|e| e.step));
+        }
+        keep
+    }
+}
+
+/// Entries with the metric, best first (ties: the earlier step first).
+fn best_entries<'a>(all: &'a [LedgerEntry], b: &KeepBest) -> Vec<&'a LedgerEntry> {
+    let mut v: Vec<&LedgerEntry> =
+        all.iter().filter(|e| e.metrics.get(&b.metric).is_some_and(|x| x.is_finite())).collect();
+    v.sort_by(|x, y| {
+        let (a, c) = (x.metrics[&b.metric], y.metrics[&b.metric]);
+        let ord = match b.mode {
+            Mode::Min => a.total_cmp(&c),
+            Mode::Max => c.total_cmp(&a),
+        };
+        ord.then(x.step.cmp(&y.step))
+    });
+    v
+}
+
+fn entry_for(state: &TrainState, path: String) -> LedgerEntry {
+    let metrics = state.metrics.iter().filter(|(_, v)| v.is_finite()).map(|(k, v)| (k.clone(), *v)).collect();
+    LedgerEntry { step: state.step, epoch: state.epoch, path, metrics }
+}
+
+impl CheckpointManager {
+    /// Opens (creating if needed) a run directory and takes its lock. Leftover temporary files
+    /// from crashed writers are removed, and complete checkpoints missing from the ledger (a
+    /// crash between a checkpoint's commit and its ledger entry) are verified and adopted.
+    pub fn open(dir: impl AsRef<Path>, opts: ManagerOptions) -> Result<Self> {
+        let dir = dir.as_ref().to_path_buf();
+        std::fs::create_dir_all(&dir).map_err(|e| CandleError::io(&dir, e))?;
+        let lock_path = dir.join(LOCK);
+        let mut lock = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&lock_path)
+            .map_err(|e| CandleError::io(&lock_path, e))?;
+        if let Err(e) = lock.try_lock() {
+            let holder = std::fs::read_to_string(&lock_path).unwrap_or_default().trim().to_string();
+            let holder = if holder.is_empty() { format!("unknown holder: {e}") } else { holder };
+            return Err(CandleError::Locked { dir, holder });
+        }
+        let since =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        lock.set_len(0).map_err(|e| CandleError::io(&lock_path, e))?;
+        let _ = write!(lock, "pid {} on {} since unix time {since}", std::process::id(), hostname());
+        let _ = lock.flush();
+
+        remove_leftovers(&dir).map_err(|e| CandleError::io(&dir, e))?;
+        // Half-written sharded checkpoints (temporary directories).
+        for e in std::fs::read_dir(&dir).map_err(|e| CandleError::io(&dir, e))?.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with(".ckpt-") && name.contains(".tmp") && e.path().is_dir() {
+                std::fs::remove_dir_all(e.path()).map_err(|err| CandleError::io(e.path(), err))?;
+            }
+        }
+        let ledger_path = dir.join(LEDGER);
+        let mut ledger: Ledger = match std::fs::read(&ledger_path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| CandleError::Checkpoint {
+                path: ledger_path.clone(),
+                reason: format!("the ledger is not valid JSON ({e}); move it away to rebuild it from the checkpoints"),
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ledger { version: 1, checkpoints: Vec::new() },
+            Err(e) => return Err(CandleError::io(ledger_path, e)),
+        };
+        let before = ledger.clone();
+        ledger.checkpoints.retain(|e| dir.join(&e.path).exists());
+        let listed: BTreeSet<String> = ledger.checkpoints.iter().map(|e| e.path.clone()).collect();
+        let mut adopted = Vec::new();
+        for e in std::fs::read_dir(&dir).map_err(|e| CandleError::io(&dir, e))?.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if parse_step(&name).is_none() || listed.contains(&name) {
+                continue;
+            }
+            let target =
+                if e.path().is_dir() { e.path().join(safeckpt_format::index::DEFAULT_INDEX_NAME) } else { e.path() };
+            let ok = ShardedReader::open(&target)
+                .ok()
+                .filter(|set| set.verify().map(|r| r.iter().all(|r| r.is_ok())).unwrap_or(false))
+                .and_then(|set| read_train_state(&set).ok());
+            if let Some(state) = ok {
+                ledger.checkpoints.push(entry_for(&state, name.clone()));
+                adopted.push(name);
+            }
+        }
+        ledger.checkpoints.sort_by_key(|e| e.step);
+        ledger.version = 1;
+        let shared = Shared { dir: dir.clone(), opts, ledger };
+        if shared.ledger != before {
+            shared.write_ledger()?;
+        }
+        Ok(CheckpointManager {
+            shared: Arc::new(Mutex::new(shared)),
+            dir,
+            _lock: lock,
+            fence: Fence::default(),
+            in_flight: None,
+            adopted,
+        })
+    }
+
+    fn shared(&self) -> std::sync::MutexGuard<'_, Shared> {
+        self.shared.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The run directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Checkpoints adopted from the directory when it was opened (see [`CheckpointManager::open`]).
+    pub fn adopted(&self) -> &[String] {
+        &self.adopted
+    }
+
+    /// Whether the policy asks for a checkpoint after `step` (and at the end of an epoch).
+    pub fn should_save(&self, step: u64, end_of_epoch: bool) -> bool {
+        let s = self.shared();
+        (end_of_epoch && s.opts.save_every_epoch) || s.opts.save_every_steps.is_some_and(|n| n > 0 && step % n == 0)
+    }
+
+    /// Every checkpoint in the ledger, oldest first.
+    pub fn entries(&self) -> Vec<LedgerEntry> {
+        self.shared().ledger.checkpoints.clone()
+    }
+
+    /// The most recent checkpoint.
+    pub fn latest(&self) -> Option<LedgerEntry> {
+        self.shared().ledger.checkpoints.last().cloned()
+    }
+
+    /// The best checkpoint by the `keep_best` metric.
+    pub fn best(&self) -> Option<LedgerEntry> {
+        let s = self.shared();
+        let b = s.opts.keep_best.clone()?;
+        best_entries(&s.ledger.checkpoints, &b).first().map(|e| (*e).clone())
+    }
+
+    /// The path of a ledger entry (the file, or the index of a sharded checkpoint).
+    pub fn path_of(&self, e: &LedgerEntry) -> PathBuf {
+        let p = self.dir.join(&e.path);
+        if p.is_dir() { p.join(safeckpt_format::index::DEFAULT_INDEX_NAME) } else { p }
+    }
+
+    /// A fence to give to optimizers (`set_fence`): their next step waits until an asynchronous
+    /// save has finished copying the variables.
+    pub fn fence(&self) -> Fence {
+        self.fence.clone()
+    }
+
+    fn target(&self, step: u64, sharded: bool) -> PathBuf {
+        let name = file_name(step);
+        if sharded { self.dir.join(name) } else { self.dir.join(format!("{name}.safetensors")) }
+    }
+
+    /// Saves a checkpoint now (waiting first for any save in flight, whose error it returns).
+    pub fn save(
+        &mut self,
+        vars: &[(String, Var)],
+        opt: Option<&dyn StatefulOptimizer>,
+        state: &TrainState,
+    ) -> Result<PathBuf> {
+        self.wait()?;
+        let opts = self.shared().opts.checkpoint.clone();
+        let total: u64 = vars.iter().map(|(_, v)| (v.elem_count() * v.dtype().size_in_bytes()) as u64).sum();
+        let sharded = opts.max_shard_size.is_some_and(|m| total > m);
+        let path = if sharded {
+            let tmp = self.dir.join(format!(".{}.tmp{}", file_name(state.step), std::process::id()));
+            let _ = std::fs::remove_dir_all(&tmp);
+            save_checkpoint(&tmp, vars, opt, state, &opts)?;
+            let final_dir = self.target(state.step, true);
+            let _ = std::fs::remove_dir_all(&final_dir);
+            std::fs::rename(&tmp, &final_dir).map_err(|e| CandleError::io(&final_dir, e))?;
+            final_dir
+        } else {
+            save_checkpoint(self.target(state.step, false), vars, opt, state, &opts)?
+        };
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        self.shared().commit(entry_for(state, name))?;
+        Ok(path)
+    }
+
+    /// Starts a save in the background and returns at once. The variables and optimizer state
+    /// are copied by the background thread; the optimizer (given [`CheckpointManager::fence`])
+    /// waits for that copy before its next step, so training overlaps the copy and the write.
+    /// At most one save is in flight: this first waits for the previous one, and returns its
+    /// error if it failed. Errors of this save surface on the next save or on `wait`.
+    pub fn save_async(
+        &mut self,
+        vars: &[(String, Var)],
+        opt: Option<&dyn StatefulOptimizer>,
+        state: &TrainState,
+    ) -> Result<()> {
+        self.wait()?;
+        let source = SnapshotSource::new(vars, opt, state);
+        let shared = Arc::clone(&self.shared);
+        let fence = self.fence.clone();
+        fence.set(true);
+        let step = state.step;
+        let entry_state = state.clone();
+        let target_file = self.target(step, false);
+        let target_dir = self.target(step, true);
+        let dir = self.dir.clone();
+        let handle = std::thread::Builder::new()
+            .name(format!("safeckpt-save-{step}"))
+            .spawn(move || -> Result<()> {
+                let guard = FenceGuard(fence);
+                let snapshot = source.materialize()?;
+                drop(guard);
+                let opts = shared.lock().unwrap_or_else(|p| p.into_inner()).opts.checkpoint.clone();
+                let total: u64 = snapshot
+                    .tensors
+                    .iter()
+                    .filter(|(n, _)| n.starts_with("model."))
+                    .map(|(_, r)| r.data.len() as u64)
+                    .sum();
+                let path = match opts.max_shard_size {
+                    Some(m) if total > m => {
+                        let tmp = dir.join(format!(".{}.tmp{}", file_name(step), std::process::id()));
+                        let _ = std::fs::remove_dir_all(&tmp);
+                        snapshot.write(&tmp, &opts)?;
+                        let _ = std::fs::remove_dir_all(&target_dir);
+                        std::fs::rename(&tmp, &target_dir).map_err(|e| CandleError::io(&target_dir, e))?;
+                        target_dir
+                    }
+                    _ => snapshot.write(&target_file, &opts)?,
+                };
+                let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                shared.lock().unwrap_or_else(|p| p.into_inner()).commit(entry_for(&entry_state, name))
+            })
+            .map_err(|e| CandleError::io(&self.dir, e))?;
+        self.in_flight = Some((step, handle));
+        Ok(())
+    }
+
+    /// Waits for the save in flight, if any, and returns its result.
+    pub fn wait(&mut self) -> Result<()> {
+        if let Some((step, h)) = self.in_flight.take() {
+            return match h.join() {
+                Ok(r) => r.map_err(|e| CandleError::AsyncSave { step, reason: e.to_string() }),
+                Err(_) => Err(CandleError::AsyncSave { step, reason: "the save thread panicked".into() }),
+            };
+        }
+        Ok(())
+    }
+
+    /// Whether a background save is running.
+    pub fn in_flight(&self) -> bool {
+        self.in_flight.as_ref().is_some_and(|(_, h)| !h.is_finished())
+    }
+
+    /// Restores the newest checkpoint that opens, verifies and loads (strictly), skipping and
+    /// reporting damaged newer ones. `None` when the directory has no checkpoint yet.
+    pub fn resume(
+        &mut self,
+        vars: &[(String, Var)],
+        mut opt: Option<&mut dyn StatefulOptimizer>,
+    ) -> Result<Option<Resumed>> {
+        self.wait()?;
+        let (entries, verify) = {
+            let s = self.shared();
+            (s.ledger.checkpoints.clone(), s.opts.verify_on_resume)
+        };
+        let mut skipped = Vec::new();
+        for entry in entries.iter().rev() {
+            let path = self.path_of(entry);
+            match try_restore(&path, verify, vars, opt.as_deref_mut()) {
+                Ok(l) => return Ok(Some(Resumed { entry: entry.clone(), state: l.state, report: l.report, skipped })),
+                // A strict-load mismatch is the caller's model, not a damaged file: report it.
+                Err(e @ CandleError::Load(_)) => return Err(e),
+                Err(e) => skipped.push((entry.path.clone(), e.to_string())),
+            }
+        }
+        if entries.is_empty() {
+            Ok(None)
+        } else {
+            Err(CandleError::Checkpoint {
+                path: self.dir.clone(),
+                reason: format!("no checkpoint could be restored: {skipped:?}"),
+            })
+        }
+    }
+}
+
+/// Opens, verifies (when asked) and strictly loads one checkpoint.
+fn try_restore<'o>(
+    path: &Path,
+    verify: bool,
+    vars: &[(String, Var)],
+    opt: Option<&mut (dyn StatefulOptimizer + 'o)>,
+) -> Result<crate::checkpoint::Loaded> {
+    let set = ShardedReader::open(path)?;
+    if verify {
+        for r in set.verify()? {
+            if let Some(f) = r.failures.first() {
+                return Err(CandleError::Checkpoint { path: r.path.clone(), reason: f.to_string() });
+            }
+        }
+    }
+    load_checkpoint(&set, vars, opt, true)
+}
+
+impl Drop for CheckpointManager {
+    fn drop(&mut self) {
+        if let Err(e) = self.wait() {
+            eprintln!("safeckpt: {e}");
+        }
+    }
+}

@@ -1,0 +1,245 @@
+//! Optimizers whose state can be saved and restored, implementing `candle_nn::Optimizer`.
+//!
+//! candle-nn's `AdamW` and `SGD` keep their moments private, so a candle run cannot be resumed
+//! exactly. These follow PyTorch's single-tensor (`foreach=False`) update rules operation by
+//! operation, in the parameter's own precision, with fused multiply-adds where PyTorch's CPU
+//! kernels fuse them, and key their state by parameter **name**. State names follow PyTorch:
+//! `state.<param>.exp_avg`, `exp_avg_sq`, `max_exp_avg_sq`, `momentum_buffer`, `step`.
+//!
+//! The update runs on host memory: each parameter is read, updated and written back with
+//! `Var::set`. Parameters must be `F32` or `F64`.
+
+mod adam;
+mod sgd;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Tensor, Var};
+use safeckpt_format::{Dtype, RawTensor};
+
+pub use adam::{AdamW, ParamsAdamW};
+
+pub use sgd::{ParamsSgd, Sgd};
+
+use crate::error::{CandleError, Result};
+
+/// An optimizer whose whole state can be exported and restored.
+pub trait StatefulOptimizer {
+    /// `Adam`, `AdamW` or `SGD`.
+    fn kind(&self) -> &'static str;
+    /// Every state tensor, named `state.<param>.<key>` (PyTorch's names). The data is shared,
+    /// not copied: the optimizer copies a buffer before modifying it while a snapshot holds it.
+    fn state_snapshot(&self) -> Vec<StateEntry>;
+    /// The parameter group (hyper-parameters and parameter names) as PyTorch writes it.
+    fn param_groups(&self) -> serde_json::Value;
+    /// Restores state from named tensors (`state.<param>.<key>`); fails without modifying
+    /// anything when a tensor is missing or has the wrong shape.
+    fn load_state(&mut self, get: &dyn Fn(&str) -> Option<Tensor>) -> Result<()>;
+    /// Parameter names, in order.
+    fn param_names(&self) -> Vec<String>;
+    /// Waits, before the optimizer next modifies a variable, for `fence` (used by asynchronous
+    /// saves, which copy the variables in the background).
+    fn set_fence(&mut self, fence: Option<crate::manager::Fence>);
+}
+
+/// A float type the update kernels run in.
+pub(crate) trait Float: Copy + Send + Sync + PartialOrd + 'static {
+    fn of(v: f64) -> Self;
+    fn fma(self, a: Self, b: Self) -> Self;
+    fn root(self) -> Self;
+    fn plus(self, o: Self) -> Self;
+    fn minus(self, o: Self) -> Self;
+    fn times(self, o: Self) -> Self;
+    fn over(self, o: Self) -> Self;
+    fn negate(self) -> Self;
+}
+
+macro_rules! float {
+    ($t:ty) => {
+        impl Float for $t {
+            fn of(v: f64) -> Self {
+                v as $t
+            }
+            fn fma(self, a: Self, b: Self) -> Self {
+                <$t>::mul_add(self, a, b)
+            }
+            fn root(self) -> Self {
+                <$t>::sqrt(self)
+            }
+            fn plus(self, o: Self) -> Self {
+                self + o
+            }
+            fn minus(self, o: Self) -> Self {
+                self - o
+            }
+            fn times(self, o: Self) -> Self {
+                self * o
+            }
+            fn over(self, o: Self) -> Self {
+                self / o
+            }
+            fn negate(self) -> Self {
+                -self
+            }
+        }
+    };
+}
+float!(f32);
+float!(f64);
+
+/// One state tensor of an optimizer, shared with it (see [`StatefulOptimizer::state_snapshot`]).
+#[derive(Debug, Clone)]
+pub struct StateEntry {
+    /// `state.<param>.<key>`.
+    pub name: String,
+    /// Shape (`[]` for the step counter).
+    pub shape: Vec<usize>,
+    /// The values.
+    pub data: StateData,
+}
+
+/// The values of a state tensor.
+#[derive(Debug, Clone)]
+pub enum StateData {
+    /// 32-bit floats.
+    F32(Arc<Vec<f32>>),
+    /// 64-bit floats.
+    F64(Arc<Vec<f64>>),
+}
+
+impl StateEntry {
+    /// The entry as a writer input, borrowing its data.
+    pub fn raw(&self) -> RawTensor<'_> {
+        match &self.data {
+            StateData::F32(v) => {
+                RawTensor::borrowed(Dtype::F32, self.shape.clone(), bytemuck::cast_slice(v.as_slice()))
+            }
+            StateData::F64(v) => {
+                RawTensor::borrowed(Dtype::F64, self.shape.clone(), bytemuck::cast_slice(v.as_slice()))
+            }
+        }
+    }
+
+    pub(crate) fn scalar(name: String, v: f32) -> StateEntry {
+        StateEntry { name, shape: Vec::new(), data: StateData::F32(Arc::new(vec![v])) }
+    }
+
+    pub(crate) fn of(name: String, shape: &[usize], v: &HostVec) -> StateEntry {
+        let data = match v {
+            HostVec::F32(x) => StateData::F32(x.clone()),
+            HostVec::F64(x) => StateData::F64(x.clone()),
+        };
+        StateEntry { name, shape: shape.to_vec(), data }
+    }
+}
+
+/// A parameter's values, a gradient or a state buffer, in host memory. Shared (copy-on-write)
+/// with snapshots taken by asynchronous saves.
+#[derive(Debug, Clone)]
+pub(crate) enum HostVec {
+    F32(Arc<Vec<f32>>),
+    F64(Arc<Vec<f64>>),
+}
+
+impl HostVec {
+    pub(crate) fn read(name: &str, t: &Tensor) -> Result<HostVec> {
+        let flat = t.flatten_all()?;
+        match t.dtype() {
+            DType::F32 => Ok(HostVec::F32(Arc::new(flat.to_vec1()?))),
+            DType::F64 => Ok(HostVec::F64(Arc::new(flat.to_vec1()?))),
+            other => Err(CandleError::Dtype {
+                tensor: name.into(),
+                reason: format!("optimizers update F32 or F64 parameters, this one is {other:?}"),
+            }),
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            HostVec::F32(v) => v.len(),
+            HostVec::F64(v) => v.len(),
+        }
+    }
+
+    pub(crate) fn zeros_like(&self) -> HostVec {
+        match self {
+            HostVec::F32(v) => HostVec::F32(Arc::new(vec![0.0; v.len()])),
+            HostVec::F64(v) => HostVec::F64(Arc::new(vec![0.0; v.len()])),
+        }
+    }
+
+    pub(crate) fn to_tensor(&self, shape: &[usize], device: &Device) -> Result<Tensor> {
+        Ok(match self {
+            HostVec::F32(v) => Tensor::from_slice(v.as_slice(), shape, device)?,
+            HostVec::F64(v) => Tensor::from_slice(v.as_slice(), shape, device)?,
+        })
+    }
+
+    pub(crate) fn dtype(&self) -> DType {
+        match self {
+            HostVec::F32(_) => DType::F32,
+            HostVec::F64(_) => DType::F64,
+        }
+    }
+
+    /// Mutable f32 data (copied first if a snapshot shares it).
+    pub(crate) fn f32_mut(&mut self) -> Option<&mut [f32]> {
+        match self {
+            HostVec::F32(v) => Some(Arc::make_mut(v).as_mut_slice()),
+            HostVec::F64(_) => None,
+        }
+    }
+
+    /// Mutable f64 data (copied first if a snapshot shares it).
+    pub(crate) fn f64_mut(&mut self) -> Option<&mut [f64]> {
+        match self {
+            HostVec::F64(v) => Some(Arc::make_mut(v).as_mut_slice()),
+            HostVec::F32(_) => None,
+        }
+    }
+}
+
+/// Looks up a state tensor and checks it against the parameter.
+pub(crate) fn state_vec(get: &dyn Fn(&str) -> Option<Tensor>, key: &str, like: &HostVec) -> Result<HostVec> {
+    let t = get(key).ok_or_else(|| CandleError::OptimizerState(format!("`{key}` is missing")))?;
+    if t.elem_count() != like.len() {
+        return Err(CandleError::OptimizerState(format!(
+            "`{key}` has {} elements, its parameter has {}",
+            t.elem_count(),
+            like.len()
+        )));
+    }
+    HostVec::read(key, &t.to_dtype(like.dtype())?)
+}
+
+/// Reads a 0-d step counter tensor (PyTorch keeps `step` as a float32 scalar tensor).
+pub(crate) fn step_value(get: &dyn Fn(&str) -> Option<Tensor>, key: &str) -> Result<f64> {
+    let t = get(key).ok_or_else(|| CandleError::OptimizerState(format!("`{key}` is missing")))?;
+    let v = t.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
+    match v.as_slice() {
+        [s] if *s >= 0.0 && s.fract() == 0.0 => Ok(*s),
+        _ => Err(CandleError::OptimizerState(format!("`{key}` is not a non-negative whole step count"))),
+    }
+}
+
+/// Names for the positional `candle_nn::Optimizer::new` constructor: "0", "1", … as PyTorch
+/// numbers parameters in a state dict.
+pub(crate) fn positional(vars: Vec<Var>) -> Vec<(String, Var)> {
+    vars.into_iter().enumerate().map(|(i, v)| (i.to_string(), v)).collect()
+}
+
+/// Maps a converted PyTorch optimizer state (`<prefix>.state.<index>.<key>`, indices in
+/// `param_groups[..].params` order) to parameter names, for [`StatefulOptimizer::load_state`].
+///
+/// `param_names` lists the model's parameters in the order `model.parameters()` yields them in
+/// PyTorch (the order the optimizer was built with).
+pub fn torch_state_names(prefix: &str, param_names: &[&str]) -> BTreeMap<String, String> {
+    let mut map = BTreeMap::new();
+    for (i, name) in param_names.iter().enumerate() {
+        for key in ["exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer", "step"] {
+            map.insert(format!("state.{name}.{key}"), format!("{prefix}.state.{i}.{key}"));
+        }
+    }
+    map
+}

@@ -1,0 +1,273 @@
+//! candle tensors to and from safeckpt: writing without a copy on CPU, loading views into
+//! tensors on any device with an optional dtype cast.
+
+use std::borrow::Cow;
+
+use candle_core::{DType, Device, Tensor};
+use half::{bf16, f16};
+use rayon::prelude::*;
+use safeckpt_format::{Dtype, TensorSource};
+use safeckpt_reader::TensorView;
+
+use crate::error::{CandleError, Result};
+
+/// The safetensors dtype of a candle dtype (`None` for dtypes newer than this bridge).
+pub fn to_safetensors(d: DType) -> Option<Dtype> {
+    Some(match d {
+        DType::U8 => Dtype::U8,
+        DType::U32 => Dtype::U32,
+        DType::I16 => Dtype::I16,
+        DType::I32 => Dtype::I32,
+        DType::I64 => Dtype::I64,
+        DType::BF16 => Dtype::BF16,
+        DType::F16 => Dtype::F16,
+        DType::F32 => Dtype::F32,
+        DType::F64 => Dtype::F64,
+        DType::F8E4M3 => Dtype::F8_E4M3,
+        DType::F6E2M3 => Dtype::F6_E2M3,
+        DType::F6E3M2 => Dtype::F6_E3M2,
+        DType::F4 => Dtype::F4,
+        DType::F8E8M0 => Dtype::F8_E8M0,
+        _ => return None,
+    })
+}
+
+/// The candle dtype that holds a safetensors dtype exactly, if there is one.
+pub fn to_candle(d: Dtype) -> Option<DType> {
+    Some(match d {
+        Dtype::U8 | Dtype::BOOL => DType::U8,
+        Dtype::U32 => DType::U32,
+        Dtype::I16 => DType::I16,
+        Dtype::I32 => DType::I32,
+        Dtype::I64 => DType::I64,
+        Dtype::BF16 => DType::BF16,
+        Dtype::F16 => DType::F16,
+        Dtype::F32 => DType::F32,
+        Dtype::F64 => DType::F64,
+        Dtype::F8_E4M3 => DType::F8E4M3,
+        Dtype::F6_E2M3 => DType::F6E2M3,
+        Dtype::F6_E3M2 => DType::F6E3M2,
+        Dtype::F4 => DType::F4,
+        Dtype::F8_E8M0 => DType::F8E8M0,
+        _ => return None,
+    })
+}
+
+/// A candle tensor as a writer input. On CPU, contiguous tensors are written straight from their
+/// storage (the storage stays read-locked while this lives, so hold it only for the write);
+/// other layouts and devices are copied to host memory once.
+pub struct CandleSource<'a> {
+    dtype: Dtype,
+    shape: Vec<usize>,
+    data: SourceData<'a>,
+}
+
+enum SourceData<'a> {
+    Locked(candle_core::StorageRef<'a>, usize, usize),
+    Owned(Vec<u8>),
+}
+
+impl std::fmt::Debug for CandleSource<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CandleSource").field("dtype", &self.dtype).field("shape", &self.shape).finish()
+    }
+}
+
+fn cpu_bytes(s: &candle_core::CpuStorage) -> &[u8] {
+    use candle_core::CpuStorage as C;
+    match s {
+        C::U8(v) | C::F6E2M3(v) | C::F6E3M2(v) | C::F4(v) | C::F8E8M0(v) => v,
+        C::U32(v) => bytemuck::cast_slice(v),
+        C::I16(v) => bytemuck::cast_slice(v),
+        C::I32(v) => bytemuck::cast_slice(v),
+        C::I64(v) => bytemuck::cast_slice(v),
+        C::BF16(v) => bytemuck::cast_slice(v),
+        C::F16(v) => bytemuck::cast_slice(v),
+        C::F32(v) => bytemuck::cast_slice(v),
+        C::F64(v) => bytemuck::cast_slice(v),
+        // float8 values are not `Pod`; they are copied below instead of borrowed.
+        C::F8E4M3(_) => &[],
+    }
+}
+
+impl<'a> CandleSource<'a> {
+    /// Wraps a tensor for writing.
+    pub fn new(name: &str, t: &'a Tensor) -> Result<CandleSource<'a>> {
+        let dtype = to_safetensors(t.dtype()).ok_or_else(|| CandleError::Dtype {
+            tensor: name.into(),
+            reason: format!("candle dtype {:?} has no safetensors counterpart", t.dtype()),
+        })?;
+        let shape = t.dims().to_vec();
+        let expected = t.elem_count() * dtype.bits() / 8;
+        if t.device().is_cpu() {
+            let (guard, layout) = t.storage_and_layout();
+            if let (candle_core::Storage::Cpu(cpu), Some((start, end))) = (&*guard, layout.contiguous_offsets()) {
+                let esize = t.dtype().size_in_bytes();
+                let bytes = cpu_bytes(cpu);
+                if bytes.len() >= end * esize && (end - start) * esize == expected {
+                    return Ok(CandleSource {
+                        dtype,
+                        shape,
+                        data: SourceData::Locked(guard, start * esize, end * esize),
+                    });
+                }
+            }
+        }
+        let host = t.to_device(&Device::Cpu)?.contiguous()?.flatten_all()?;
+        if host.dtype() == DType::F8E4M3 {
+            // float8 elements are not plain bytes to bytemuck; candle's own writer view has them.
+            let bytes = safetensors::View::data(&host).into_owned();
+            return Ok(CandleSource { dtype, shape, data: SourceData::Owned(bytes) });
+        }
+        let (guard, layout) = host.storage_and_layout();
+        let bytes = match &*guard {
+            candle_core::Storage::Cpu(cpu) => {
+                let esize = host.dtype().size_in_bytes();
+                let (s, e) = layout.contiguous_offsets().unwrap_or((0, host.elem_count()));
+                cpu_bytes(cpu).get(s * esize..e * esize).map(<[u8]>::to_vec)
+            }
+            _ => None,
+        };
+        let bytes = bytes.ok_or_else(|| CandleError::Dtype {
+            tensor: name.into(),
+            reason: "could not read the tensor's bytes on the host".into(),
+        })?;
+        Ok(CandleSource { dtype, shape, data: SourceData::Owned(bytes) })
+    }
+}
+
+impl TensorSource for CandleSource<'_> {
+    fn dtype(&self) -> Dtype {
+        self.dtype
+    }
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn data(&self) -> Cow<'_, [u8]> {
+        match &self.data {
+            SourceData::Locked(g, s, e) => match &**g {
+                candle_core::Storage::Cpu(cpu) => Cow::Borrowed(&cpu_bytes(cpu)[*s..*e]),
+                _ => Cow::Borrowed(&[]),
+            },
+            SourceData::Owned(v) => Cow::Borrowed(v),
+        }
+    }
+    fn data_len(&self) -> usize {
+        match &self.data {
+            SourceData::Locked(_, s, e) => e - s,
+            SourceData::Owned(v) => v.len(),
+        }
+    }
+}
+
+/// Elements per parallel copy or conversion task.
+const CHUNK: usize = 1 << 18;
+
+/// Little-endian bytes to a vector of `T`, copied in parallel (a plain copy on little-endian
+/// hosts, since `T` matches the stored type).
+fn copy_vec<T: bytemuck::Pod + Send + Sync + candle_core::WithDType>(bytes: &[u8]) -> Vec<T> {
+    let n = bytes.len() / std::mem::size_of::<T>();
+    let mut out: Vec<T> = bytemuck::zeroed_vec(n);
+    let dst: &mut [u8] = bytemuck::cast_slice_mut(&mut out);
+    let step = CHUNK * std::mem::size_of::<T>();
+    dst.par_chunks_mut(step).zip(bytes.par_chunks(step)).for_each(|(d, s)| d.copy_from_slice(s));
+    if cfg!(target_endian = "big") {
+        safeckpt_reader::swap_bytes_in_place(dst, std::mem::size_of::<T>());
+    }
+    out
+}
+
+/// Decodes little-endian floats and converts each element, in parallel.
+fn convert_vec<T: bytemuck::Pod + Send + Sync>(
+    bytes: &[u8],
+    from: Dtype,
+    f32_to: impl Fn(f32) -> T + Sync,
+    f64_to: impl Fn(f64) -> T + Sync,
+) -> Vec<T> {
+    let esize = from.bits() / 8;
+    let n = bytes.len() / esize;
+    let mut out: Vec<T> = bytemuck::zeroed_vec(n);
+    out.par_chunks_mut(CHUNK).zip(bytes.par_chunks(CHUNK * esize)).for_each(|(d, s)| {
+        for (o, e) in d.iter_mut().zip(s.chunks_exact(esize)) {
+            *o = match from {
+                Dtype::F64 => f64_to(f64::from_le_bytes(e.try_into().expect("8 bytes"))),
+                Dtype::F32 => f32_to(f32::from_le_bytes(e.try_into().expect("4 bytes"))),
+                Dtype::F16 => f32_to(f16::from_le_bytes([e[0], e[1]]).to_f32()),
+                _ => f32_to(bf16::from_le_bytes([e[0], e[1]]).to_f32()),
+            };
+        }
+    });
+    out
+}
+
+/// Loads a tensor view into a candle tensor on `device`, optionally cast to `dtype`.
+///
+/// The bytes are copied once, in parallel, into a vector candle adopts without another copy (for
+/// other devices, that vector is then uploaded once). Types candle lacks are widened exactly
+/// (`U16` to `U32`, `I8` to `I16`, `BOOL` to `U8`); types with no exact counterpart (`U64`, `C64`,
+/// `F8_E5M2` and the fnuz float8s) are refused unless the cast asks for a float type. Float casts
+/// between F64, F32, F16 and BF16 round to nearest even, in parallel.
+pub fn view_to_tensor(view: &TensorView<'_>, device: &Device, dtype: Option<DType>) -> Result<Tensor> {
+    let name = view.name();
+    let shape = view.shape().to_vec();
+    let bytes = view.data();
+    let src = view.dtype();
+    let float_src = matches!(src, Dtype::F64 | Dtype::F32 | Dtype::F16 | Dtype::BF16);
+    let t = match (src, dtype) {
+        (s, Some(DType::F32)) if float_src && s != Dtype::F32 => {
+            Tensor::from_vec(convert_vec::<f32>(bytes, s, |x| x, |x| x as f32), shape, &Device::Cpu)?
+        }
+        (s, Some(DType::F64)) if float_src && s != Dtype::F64 => {
+            Tensor::from_vec(convert_vec::<f64>(bytes, s, f64::from, |x| x), shape, &Device::Cpu)?
+        }
+        (s, Some(DType::F16)) if float_src && s != Dtype::F16 => Tensor::from_vec(
+            convert_vec::<f16>(bytes, s, f16::from_f32, |x| f16::from_f32(x as f32)),
+            shape,
+            &Device::Cpu,
+        )?,
+        (s, Some(DType::BF16)) if float_src && s != Dtype::BF16 => Tensor::from_vec(
+            convert_vec::<bf16>(bytes, s, bf16::from_f32, |x| bf16::from_f32(x as f32)),
+            shape,
+            &Device::Cpu,
+        )?,
+        _ => {
+            let natural = match src {
+                Dtype::U8 | Dtype::BOOL => Tensor::from_vec(copy_vec::<u8>(bytes), shape, &Device::Cpu)?,
+                Dtype::U32 => Tensor::from_vec(copy_vec::<u32>(bytes), shape, &Device::Cpu)?,
+                Dtype::I16 => Tensor::from_vec(copy_vec::<i16>(bytes), shape, &Device::Cpu)?,
+                Dtype::I32 => Tensor::from_vec(copy_vec::<i32>(bytes), shape, &Device::Cpu)?,
+                Dtype::I64 => Tensor::from_vec(copy_vec::<i64>(bytes), shape, &Device::Cpu)?,
+                Dtype::BF16 => Tensor::from_vec(copy_vec::<bf16>(bytes), shape, &Device::Cpu)?,
+                Dtype::F16 => Tensor::from_vec(copy_vec::<f16>(bytes), shape, &Device::Cpu)?,
+                Dtype::F32 => Tensor::from_vec(copy_vec::<f32>(bytes), shape, &Device::Cpu)?,
+                Dtype::F64 => Tensor::from_vec(copy_vec::<f64>(bytes), shape, &Device::Cpu)?,
+                Dtype::U16 => {
+                    let v: Vec<u32> =
+                        bytes.chunks_exact(2).map(|c| u32::from(u16::from_le_bytes([c[0], c[1]]))).collect();
+                    Tensor::from_vec(v, shape, &Device::Cpu)?
+                }
+                Dtype::I8 => {
+                    let v: Vec<i16> = bytes.iter().map(|&b| i16::from(b as i8)).collect();
+                    Tensor::from_vec(v, shape, &Device::Cpu)?
+                }
+                Dtype::F8_E4M3 | Dtype::F6_E2M3 | Dtype::F6_E3M2 | Dtype::F4 | Dtype::F8_E8M0 => {
+                    let cd = to_candle(src).expect("mapped above");
+                    Tensor::from_raw_buffer(bytes, cd, &shape, &Device::Cpu)?
+                }
+                other => {
+                    return Err(CandleError::Dtype {
+                        tensor: name.into(),
+                        reason: format!(
+                            "candle has no dtype that holds {other} exactly; load it with a float `dtype` cast"
+                        ),
+                    });
+                }
+            };
+            match dtype {
+                Some(d) if d != natural.dtype() => natural.to_dtype(d)?,
+                _ => natural,
+            }
+        }
+    };
+    Ok(if device.is_cpu() { t } else { t.to_device(device)? })
+}

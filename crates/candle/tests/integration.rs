@@ -1,0 +1,4 @@
+//! Integration tests for safeckpt-candle.
+
+mod common;
+mod optim;
