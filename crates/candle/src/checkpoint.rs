@@ -230,14 +230,14 @@ pub fn load_checkpoint<'o>(
     }
     if let Some(o) = opt {
         let recorded = set.shards().first().and_then(|s| s.metadata()).and_then(|m| m.get("optimizer.kind")).cloned();
-        if let Some(kind) = recorded {
-            if kind != o.kind() {
-                return Err(CandleError::OptimizerState(format!(
-                    "{}: the checkpoint holds {kind} state, the optimizer is {}",
-                    set.path().display(),
-                    o.kind()
-                )));
-            }
+        if let Some(kind) = recorded
+            && kind != o.kind()
+        {
+            return Err(CandleError::OptimizerState(format!(
+                "{}: the checkpoint holds {kind} state, the optimizer is {}",
+                set.path().display(),
+                o.kind()
+            )));
         }
         let get = |name: &str| -> Option<Tensor> {
             let view = set.get(&format!("{OPTIMIZER_PREFIX}{name}"))?;

@@ -213,10 +213,10 @@ impl Shared {
         for e in dropped {
             let p = self.dir.join(&e.path);
             let r = if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
-            if let Err(err) = r {
-                if err.kind() != std::io::ErrorKind::NotFound {
-                    return Err(CandleError::io(p, err));
-                }
+            if let Err(err) = r
+                && err.kind() != std::io::ErrorKind::NotFound
+            {
+                return Err(CandleError::io(p, err));
             }
         }
         Ok(())
@@ -348,7 +348,8 @@ impl CheckpointManager {
     /// Whether the policy asks for a checkpoint after `step` (and at the end of an epoch).
     pub fn should_save(&self, step: u64, end_of_epoch: bool) -> bool {
         let s = self.shared();
-        (end_of_epoch && s.opts.save_every_epoch) || s.opts.save_every_steps.is_some_and(|n| n > 0 && step % n == 0)
+        (end_of_epoch && s.opts.save_every_epoch)
+            || s.opts.save_every_steps.is_some_and(|n| n > 0 && step.is_multiple_of(n))
     }
 
     /// Every checkpoint in the ledger, oldest first.

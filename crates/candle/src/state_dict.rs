@@ -148,10 +148,10 @@ pub fn check_vars(set: &ShardedReader, vars: &[(String, Var)], opts: &LoadOption
         }
     }
     for name in set.names() {
-        if let Some(short) = name.strip_prefix(opts.prefix.as_str()) {
-            if !expected.contains_key(name) {
-                report.unexpected.push(short.to_string());
-            }
+        if let Some(short) = name.strip_prefix(opts.prefix.as_str())
+            && !expected.contains_key(name)
+        {
+            report.unexpected.push(short.to_string());
         }
     }
     report

@@ -113,7 +113,7 @@ impl Dtype {
 
     /// Size of one element in whole bytes, or `None` for the sub-byte types (`F4`, `F6_*`).
     pub const fn size_bytes(self) -> Option<usize> {
-        if self.bits() % 8 == 0 { Some(self.bits() / 8) } else { None }
+        if self.bits().is_multiple_of(8) { Some(self.bits() / 8) } else { None }
     }
 
     /// The name used in the JSON header, e.g. `"BF16"`.

@@ -167,10 +167,10 @@ impl<'data> TensorSlice<'data> {
         let run_elems = out_shape.get(split).copied().unwrap_or(1) * inner;
         let runs: usize = out_shape.iter().take(split).product();
         let empty = out_shape.contains(&0);
-        if bits % 8 != 0 && !empty {
+        if !bits.is_multiple_of(8) && !empty {
             // Sub-byte types: every run must start and end on a byte boundary.
             let strides = strides(shape);
-            let aligned = |elems: usize| (elems * bits) % 8 == 0;
+            let aligned = |elems: usize| (elems * bits).is_multiple_of(8);
             let starts_ok = full.iter().zip(&strides).take(split + 1).all(|(r, &s)| aligned(r.start * s) && aligned(s));
             if !aligned(run_elems) || !starts_ok {
                 return Err(err(format!("{} slice does not fall on byte boundaries", view.dtype())));

@@ -23,7 +23,7 @@ pub fn write(path: &Path, tensors: &[(&str, Dtype, Vec<usize>, Vec<u8>)], metada
 /// Builds a raw safetensors file from a header JSON and data, with no checks.
 pub fn raw_file(header: &str, data: &[u8]) -> Vec<u8> {
     let mut h = header.as_bytes().to_vec();
-    while (8 + h.len()) % 8 != 0 {
+    while !(8 + h.len()).is_multiple_of(8) {
         h.push(b' ');
     }
     let mut v = (h.len() as u64).to_le_bytes().to_vec();

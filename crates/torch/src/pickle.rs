@@ -284,7 +284,7 @@ impl Vm<'_, '_> {
     }
 
     fn set_items(&mut self, target: &Value, items: Vec<Value>) -> Result<()> {
-        if items.len() % 2 != 0 {
+        if !items.len().is_multiple_of(2) {
             return self.malformed("SETITEMS with an odd number of items");
         }
         match self.arena.get_mut(target) {

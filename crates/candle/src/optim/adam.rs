@@ -98,7 +98,8 @@ fn update<T: Float>(
         (t(1.0 - h.beta1), t(h.beta2), t(1.0 - h.beta2), t(h.eps), t(h.weight_decay), t(-step_size));
     let decay = t(1.0 - h.lr * h.weight_decay);
     let chunk = 1 << 14;
-    let body = |(((p, g), m), v): (((&mut [T], &[T]), &mut [T]), &mut [T]), mut vmax: Option<&mut [T]>| {
+    type Chunks<'c, T> = (((&'c mut [T], &'c [T]), &'c mut [T]), &'c mut [T]);
+    let body = |(((p, g), m), v): Chunks<'_, T>, mut vmax: Option<&mut [T]>| {
         for i in 0..p.len() {
             let mut grad = if h.maximize { g[i].negate() } else { g[i] };
             if h.weight_decay != 0.0 {

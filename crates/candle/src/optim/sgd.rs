@@ -118,16 +118,16 @@ impl Sgd {
             match &g {
                 HostVec::F32(g) => {
                     let pp = p.f32_mut().expect("parameter read as its dtype");
-                    let mut buf = slot.momentum_buffer.as_mut().and_then(HostVec::f32_mut);
-                    let fresh = update(pp, g, buf.as_deref_mut(), &self.params);
+                    let buf = slot.momentum_buffer.as_mut().and_then(HostVec::f32_mut);
+                    let fresh = update(pp, g, buf, &self.params);
                     if let Some(b) = fresh {
                         slot.momentum_buffer = Some(HostVec::F32(std::sync::Arc::new(b)));
                     }
                 }
                 HostVec::F64(g) => {
                     let pp = p.f64_mut().expect("parameter read as its dtype");
-                    let mut buf = slot.momentum_buffer.as_mut().and_then(HostVec::f64_mut);
-                    let fresh = update(pp, g, buf.as_deref_mut(), &self.params);
+                    let buf = slot.momentum_buffer.as_mut().and_then(HostVec::f64_mut);
+                    let fresh = update(pp, g, buf, &self.params);
                     if let Some(b) = fresh {
                         slot.momentum_buffer = Some(HostVec::F64(std::sync::Arc::new(b)));
                     }
