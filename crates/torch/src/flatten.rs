@@ -29,6 +29,7 @@ pub struct Flattened {
 struct Walker<'a> {
     arena: &'a Arena,
     visits: usize,
+    max_visits: usize,
     on_path: HashSet<u32>,
     has_tensor: HashMap<u32, bool>,
     out: Flattened,
@@ -39,9 +40,15 @@ type R<T> = std::result::Result<T, String>;
 
 /// Flattens `root` (or the sub-tree at `key`, whose prefix is then dropped).
 pub fn flatten(arena: &Arena, root: &Value, key: Option<&str>) -> R<Flattened> {
+    flatten_with_limit(arena, root, key, MAX_VISITS)
+}
+
+/// [`flatten`] with a different bound on the nodes visited.
+pub fn flatten_with_limit(arena: &Arena, root: &Value, key: Option<&str>, max_visits: usize) -> R<Flattened> {
     let mut w = Walker {
         arena,
         visits: 0,
+        max_visits,
         on_path: HashSet::new(),
         has_tensor: HashMap::new(),
         out: Flattened::default(),
@@ -94,9 +101,10 @@ fn join(prefix: &str, key: &str) -> String {
 impl Walker<'_> {
     fn visit(&mut self, depth: usize) -> R<()> {
         self.visits += 1;
-        if self.visits > MAX_VISITS {
+        if self.visits > self.max_visits {
             return Err(format!(
-                "the object graph is larger than {MAX_VISITS} nodes when walked (shared sub-objects repeated many times: a \"memo bomb\"?)"
+                "the object graph is larger than {} nodes when walked (shared sub-objects repeated many times: a \"memo bomb\"?)",
+                self.max_visits
             ));
         }
         if depth > MAX_DEPTH {
@@ -193,9 +201,10 @@ impl Walker<'_> {
     fn sequence(&mut self, v: &Value, prefix: &str, depth: usize) -> R<()> {
         self.visit(depth)?;
         let id = self.enter(v)?;
-        let items = match self.arena.get(v) {
-            Some(Obj::List(items)) | Some(Obj::Tuple(items)) => items.clone(),
-            _ => Vec::new(),
+        let arena = self.arena;
+        let items: &[Value] = match arena.get(v) {
+            Some(Obj::List(items)) | Some(Obj::Tuple(items)) => items,
+            _ => &[],
         };
         for (i, item) in items.iter().enumerate() {
             let name = join(prefix, &i.to_string());
@@ -232,21 +241,27 @@ impl Walker<'_> {
             return Ok(b);
         }
         let id = self.enter(v)?;
-        let children: Vec<Value> = match self.arena.get(v) {
-            Some(Obj::Tensor(_)) => {
-                self.leave(id);
-                return Ok(true);
-            }
-            Some(Obj::List(x)) | Some(Obj::Tuple(x)) | Some(Obj::Set(x)) => x.clone(),
-            Some(Obj::Dict(_, e)) => e.iter().map(|(_, v)| v.clone()).collect(),
-            None => Vec::new(),
-        };
+        let arena = self.arena;
         let mut found = false;
-        for c in &children {
-            if self.contains_tensor(c, depth + 1)? {
-                found = true;
-                break;
+        match arena.get(v) {
+            Some(Obj::Tensor(_)) => found = true,
+            Some(Obj::List(x)) | Some(Obj::Tuple(x)) | Some(Obj::Set(x)) => {
+                for c in x {
+                    if self.contains_tensor(c, depth + 1)? {
+                        found = true;
+                        break;
+                    }
+                }
             }
+            Some(Obj::Dict(_, e)) => {
+                for (_, c) in e {
+                    if self.contains_tensor(c, depth + 1)? {
+                        found = true;
+                        break;
+                    }
+                }
+            }
+            None => {}
         }
         self.leave(id);
         self.has_tensor.insert(*i, found);
@@ -285,10 +300,11 @@ impl Walker<'_> {
             Value::Storage(_) => return Err("a bare storage inside a value".into()),
             Value::Ref(_) => {
                 let id = self.enter(v)?;
-                match self.arena.get(v) {
+                let arena = self.arena;
+                match arena.get(v) {
                     Some(Obj::List(items)) | Some(Obj::Tuple(items)) | Some(Obj::Set(items)) => {
                         out.push('[');
-                        for (i, item) in items.clone().iter().enumerate() {
+                        for (i, item) in items.iter().enumerate() {
                             if i > 0 {
                                 out.push(',');
                             }

@@ -132,3 +132,30 @@ fn malicious_files_never_run_code() {
     }
     assert!(n >= 19, "{n} malicious files");
 }
+
+#[test]
+fn fuzz_regressions_stay_fixed() {
+    use safeckpt_torch::globals::TorchDtype;
+    use safeckpt_torch::pickle::{Limits, StorageResolver, unpickle};
+    use safeckpt_torch::value::Arena;
+
+    struct NoStorage;
+    impl StorageResolver for NoStorage {
+        fn persistent_load(&mut self, _: &safeckpt_torch::value::Value, _: &Arena) -> Result<u32, String> {
+            Err("none".into())
+        }
+        fn storage_bytes(&self, _: u32) -> u64 {
+            0
+        }
+        fn storage_dtype(&self, _: u32) -> TorchDtype {
+            TorchDtype::UInt8
+        }
+    }
+    // A 510-byte pickle whose doubling tuples made the flattener allocate without bound while
+    // walking (found by the `pickle` fuzz target): now refused as a memo bomb.
+    let data = std::fs::read(fixtures().join("../fuzz-regressions/pickle-memo-bomb-tuples.pkl")).unwrap();
+    let mut arena = Arena::default();
+    let (root, _) = unpickle(&data, &mut arena, &mut NoStorage, Limits::default()).unwrap();
+    let err = safeckpt_torch::flatten::flatten(&arena, &root, None).unwrap_err();
+    assert!(err.contains("memo bomb"), "{err}");
+}
