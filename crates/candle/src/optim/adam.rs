@@ -50,6 +50,27 @@ impl ParamsAdamW {
     }
 }
 
+impl ParamsAdamW {
+    /// Hyper-parameters from a PyTorch `Adam`/`AdamW` parameter group (as in
+    /// `optimizer.state_dict()["param_groups"][0]`); `adamw` says which class it came from
+    /// (older torch versions do not record `decoupled_weight_decay`).
+    pub fn from_torch_group(group: &serde_json::Value, adamw: bool) -> ParamsAdamW {
+        let base = if adamw { Self::adamw(1e-3) } else { Self::adam(1e-3) };
+        let f = |k: &str, d: f64| group[k].as_f64().unwrap_or(d);
+        let b = |k: &str, d: bool| group[k].as_bool().unwrap_or(d);
+        ParamsAdamW {
+            lr: f("lr", base.lr),
+            beta1: group["betas"][0].as_f64().unwrap_or(base.beta1),
+            beta2: group["betas"][1].as_f64().unwrap_or(base.beta2),
+            eps: f("eps", base.eps),
+            weight_decay: f("weight_decay", base.weight_decay),
+            decoupled_weight_decay: b("decoupled_weight_decay", base.decoupled_weight_decay),
+            amsgrad: b("amsgrad", false),
+            maximize: b("maximize", false),
+        }
+    }
+}
+
 impl Default for ParamsAdamW {
     fn default() -> Self {
         Self::adamw(1e-3)

@@ -229,6 +229,50 @@ pub(crate) fn positional(vars: Vec<Var>) -> Vec<(String, Var)> {
     vars.into_iter().enumerate().map(|(i, v)| (i.to_string(), v)).collect()
 }
 
+/// Restores a PyTorch optimizer's state from a converted PyTorch checkpoint: the tensors
+/// `<prefix>.state.<index>.<key>` and the metadata `<prefix>.param_groups`, as `safeckpt convert`
+/// writes them (e.g. `prefix` = `optimizer_state_dict`).
+///
+/// PyTorch numbers parameters by their position in `model.parameters()`; `param_names` gives that
+/// order (the optimizer's own parameter names), so the moments land on the right parameters and a
+/// run started in PyTorch continues here.
+pub fn load_torch_state(
+    set: &safeckpt_reader::ShardedReader,
+    prefix: &str,
+    param_names: &[&str],
+    opt: &mut dyn StatefulOptimizer,
+) -> Result<()> {
+    let groups = torch_param_groups(set, prefix)?;
+    let count: usize =
+        groups.as_array().map_or(0, |g| g.iter().map(|g| g["params"].as_array().map_or(0, Vec::len)).sum());
+    if count != param_names.len() {
+        return Err(CandleError::OptimizerState(format!(
+            "{}: the PyTorch optimizer has {count} parameters, {} names were given",
+            set.path().display(),
+            param_names.len()
+        )));
+    }
+    let map = torch_state_names(prefix, param_names);
+    let get = |name: &str| -> Option<Tensor> {
+        let stored = map.get(name)?;
+        let view = set.get(stored)?;
+        crate::tensor::view_to_tensor(&view, &Device::Cpu, None).ok()
+    };
+    opt.load_state(&get)
+}
+
+/// The `<prefix>.param_groups` metadata of a converted PyTorch checkpoint.
+pub fn torch_param_groups(set: &safeckpt_reader::ShardedReader, prefix: &str) -> Result<serde_json::Value> {
+    let key = format!("{prefix}.param_groups");
+    let text = set.shards().first().and_then(|s| s.metadata()).and_then(|m| m.get(&key)).ok_or_else(|| {
+        CandleError::OptimizerState(format!(
+            "{}: no `{key}` metadata (was the file made by `safeckpt convert`?)",
+            set.path().display()
+        ))
+    })?;
+    serde_json::from_str(text).map_err(|e| CandleError::OptimizerState(format!("`{key}` is not JSON: {e}")))
+}
+
 /// Maps a converted PyTorch optimizer state (`<prefix>.state.<index>.<key>`, indices in
 /// `param_groups[..].params` order) to parameter names, for [`StatefulOptimizer::load_state`].
 ///
