@@ -9,6 +9,7 @@ use safeckpt_torch::{ConvertOptions, TorchArchive};
 use safeckpt_writer::{WriteOptions, write_file, write_sharded};
 
 use crate::inspect::inspect_safetensors;
+use crate::train::TrainArgs;
 use crate::util::{human_bytes, human_duration, thousands};
 
 /// A GPT-2-shaped model (4 layers, width 64) written by Python's `safetensors`; see
@@ -20,19 +21,23 @@ const TORCH_CHECKPOINT: &[u8] = include_bytes!("../../../fixtures/pytorch/checkp
 /// A pickle that runs `os.system` when `torch.load(weights_only=False)` opens it.
 const EVIL_PICKLE: &[u8] = include_bytes!("../../../fixtures/pytorch/evil_os_system.pth");
 
-/// Runs the demo in `dir` (a fresh temporary directory when `None`).
-pub fn run(dir: Option<&Path>) -> Result<()> {
-    let tmp;
-    let dir: PathBuf = match dir {
-        Some(d) => {
-            std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
-            d.to_path_buf()
-        }
-        None => {
-            tmp = tempfile::Builder::new().prefix("safeckpt-demo-").tempdir()?;
-            tmp.path().to_path_buf()
-        }
-    };
+/// Runs the demo. With a directory: a resumable training run there. Without: a training run and
+/// then a tour of the storage engine, in a temporary directory removed afterwards.
+pub fn run(dir: Option<&Path>, train: &TrainArgs) -> Result<()> {
+    if let Some(d) = dir {
+        std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+        return crate::train::run(d, train);
+    }
+    let tmp = tempfile::Builder::new().prefix("safeckpt-demo-").tempdir()?;
+    println!("safeckpt demo, part 1: train, checkpoint and resume a candle model\n");
+    crate::train::run(&tmp.path().join("run"), train)?;
+    println!("\nsafeckpt demo, part 2: the storage engine\n");
+    tour(tmp.path())
+}
+
+/// The storage engine on a bundled model, in `dir`.
+fn tour(dir: &Path) -> Result<()> {
+    let dir: PathBuf = dir.to_path_buf();
     let bundled = Reader::from_bytes(TINY_GPT, "tiny-gpt.safetensors (bundled)")?;
     let params: u64 = bundled.tensors().map(|t| t.numel() as u64).sum();
     println!("safeckpt demo: the storage engine on a bundled model");
