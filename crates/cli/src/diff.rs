@@ -34,13 +34,13 @@ fn comparable(mut m: Metadata, all: bool) -> Metadata {
         return m;
     }
     m.remove(INTEGRITY_KEY);
-    if let Some(ts) = m.get_mut(safeckpt_candle::TRAIN_STATE_KEY) {
-        if let Ok(mut v) = serde_json::from_str::<serde_json::Value>(ts) {
-            if let Some(o) = v.as_object_mut() {
-                o.remove("created_unix");
-            }
-            *ts = v.to_string();
+    if let Some(ts) = m.get_mut(safeckpt_candle::TRAIN_STATE_KEY)
+        && let Ok(mut v) = serde_json::from_str::<serde_json::Value>(ts)
+    {
+        if let Some(o) = v.as_object_mut() {
+            o.remove("created_unix");
         }
+        *ts = v.to_string();
     }
     m
 }
@@ -104,7 +104,7 @@ pub fn diff(a: &Path, b: &Path, atol: f64, all_metadata: bool) -> Result<i32> {
             (x, y) => {
                 let show = |v: Option<&String>| {
                     v.map_or("(absent)".to_string(), |s| {
-                        if s.len() > 80 { format!("{}...", &s[..s.floor_char_boundary(77)]) } else { s.clone() }
+                        if s.chars().count() > 80 { s.chars().take(77).collect::<String>() + "..." } else { s.clone() }
                     })
                 };
                 println!("~ metadata {k}: {} vs {}", show(x), show(y));

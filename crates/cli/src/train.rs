@@ -124,9 +124,12 @@ impl Mlp {
     }
 }
 
+/// A model: its variable map, the module, and its named variables.
+type Model = (VarMap, Mlp, Vec<(String, Var)>);
+
 /// Builds the model with PyTorch's default initialisation (uniform in ±1/sqrt(fan_in)), drawn
 /// from the seeded generator so that every run starts from the same weights.
-fn build(seed: u64) -> Result<(VarMap, Mlp, Vec<(String, Var)>)> {
+fn build(seed: u64) -> Result<Model> {
     let vm = VarMap::new();
     let mlp = Mlp::new(VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu))?;
     let vars = varmap_vars(&vm);
