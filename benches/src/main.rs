@@ -9,6 +9,7 @@
 //! cargo run --release -p safeckpt-benches -- save --size-mib 1024 --rounds 7
 //! ```
 
+mod candle_bench;
 mod convert;
 mod harness;
 mod model;
@@ -42,6 +43,14 @@ enum Scenario {
     Read,
     /// Load every tensor into owned buffers against candle's MmapedSafetensors.
     Load,
+    /// Save and load of a candle VarMap against candle's own paths.
+    Candle,
+    /// How long an asynchronous checkpoint stalls a training loop.
+    AsyncSave {
+        /// Milliseconds of compute between the save and the next optimizer step.
+        #[arg(long, default_value_t = 1000)]
+        compute_ms: u64,
+    },
     /// Every scenario above.
     All,
     /// Convert a PyTorch file with one of the converters, in this process; prints the seconds the
@@ -62,6 +71,14 @@ enum Scenario {
         /// Target file.
         output: std::path::PathBuf,
     },
+    /// Internal: one candle load in this fresh process; prints the seconds it took.
+    #[command(hide = true)]
+    CandleLoadChild {
+        /// The case.
+        case: String,
+        /// The file.
+        path: std::path::PathBuf,
+    },
     /// Internal: one load in this fresh process; prints the seconds it took.
     #[command(hide = true)]
     LoadChild {
@@ -76,6 +93,7 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match &cli.scenario {
         Scenario::LoadChild { case, path } => return scenarios::load_child(case, path),
+        Scenario::CandleLoadChild { case, path } => return candle_bench::load_child(case, path),
         Scenario::Convert { converter, input, output } => return convert::run(converter, input, output),
         Scenario::RawWrite { bytes, output } => return convert::raw_write(*bytes, output),
         _ => {}
@@ -94,13 +112,27 @@ fn main() -> Result<()> {
             Scenario::Open => scenarios::open(cli.rounds.max(50)),
             Scenario::Read => scenarios::read(cli.size_mib, cli.rounds),
             Scenario::Load => scenarios::load(cli.size_mib, cli.rounds),
-            Scenario::All | Scenario::LoadChild { .. } | Scenario::Convert { .. } | Scenario::RawWrite { .. } => {
+            Scenario::Candle => candle_bench::save_load(cli.size_mib, cli.rounds),
+            Scenario::AsyncSave { compute_ms } => candle_bench::async_stall(cli.size_mib, cli.rounds, compute_ms),
+            Scenario::All
+            | Scenario::LoadChild { .. }
+            | Scenario::CandleLoadChild { .. }
+            | Scenario::Convert { .. }
+            | Scenario::RawWrite { .. } => {
                 unreachable!()
             }
         }
     };
     if cli.scenario == Scenario::All {
-        for s in [Scenario::Open, Scenario::Save, Scenario::SaveFsync, Scenario::Read, Scenario::Load] {
+        for s in [
+            Scenario::Open,
+            Scenario::Save,
+            Scenario::SaveFsync,
+            Scenario::Read,
+            Scenario::Load,
+            Scenario::Candle,
+            Scenario::AsyncSave { compute_ms: 1000 },
+        ] {
             run(s)?;
         }
     } else {

@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use candle_core::{Tensor, Var};
 use safeckpt_format::{Dtype, Metadata, RawTensor, TensorSource};
 use safeckpt_reader::ShardedReader;
-use safeckpt_writer::{WriteOptions, write_file, write_sharded};
+use safeckpt_writer::{
+    PendingFile, PendingSet, WriteOptions, stage_sharded, write_file, write_file_pending, write_sharded,
+};
 
 use crate::error::{CandleError, Result};
 use crate::optim::{StateEntry, StatefulOptimizer};
@@ -119,23 +121,38 @@ pub fn save_checkpoint(
     write_sources(path.as_ref(), &sources, checkpoint_metadata(opt, state), opts)
 }
 
-/// Everything a checkpoint holds, copied out of the live variables and optimizer: what an
-/// asynchronous save writes while training continues.
-#[derive(Debug)]
-pub struct Snapshot {
-    /// Tensors by stored name.
-    pub tensors: Vec<(String, RawTensor<'static>)>,
-    /// Metadata.
-    pub metadata: Metadata,
-}
-
-/// Handles to what a snapshot will copy: variables (shared candle storages) and optimizer state
-/// (shared buffers). Cheap to take; [`SnapshotSource::materialize`] does the copying.
+/// Handles to what a checkpoint will hold: variables (shared candle storages) and optimizer state
+/// (shared buffers). Cheap to take; nothing is copied until it is written.
 #[derive(Debug)]
 pub struct SnapshotSource {
     vars: Vec<(String, Tensor)>,
     state: Vec<StateEntry>,
     metadata: Metadata,
+}
+
+/// A checkpoint whose bytes are all written under temporary names but not yet committed.
+#[derive(Debug)]
+pub enum PendingCheckpoint {
+    /// One file.
+    File(PendingFile),
+    /// A sharded set (in a directory).
+    Set(PendingSet),
+}
+
+impl PendingCheckpoint {
+    /// Flushes (when `fsync`) and makes the checkpoint visible; returns its file or index.
+    pub fn commit(self, fsync: bool) -> Result<PathBuf> {
+        Ok(match self {
+            PendingCheckpoint::File(f) => f.commit(fsync)?.path,
+            PendingCheckpoint::Set(s) => {
+                let summary = s.commit(fsync)?;
+                match summary.index {
+                    Some(i) => i,
+                    None => summary.shards.into_iter().next().map(|s| s.path).unwrap_or_default(),
+                }
+            }
+        })
+    }
 }
 
 impl SnapshotSource {
@@ -148,35 +165,38 @@ impl SnapshotSource {
         }
     }
 
-    /// Copies every tensor into owned memory and releases the handles.
-    pub fn materialize(self) -> Result<Snapshot> {
-        let mut tensors = Vec::with_capacity(self.vars.len() + self.state.len());
-        for (n, t) in &self.vars {
-            let name = format!("{MODEL_PREFIX}{n}");
-            let src = CandleSource::new(&name, t)?;
-            let raw = RawTensor::owned(src.dtype(), src.shape().to_vec(), src.data().into_owned());
-            tensors.push((name, raw));
+    /// Writes every byte straight from the variables' storage and the optimizer's buffers (no
+    /// intermediate copy on CPU), then releases the handles: once this returns, the variables may
+    /// be modified. Nothing is visible until [`PendingCheckpoint::commit`].
+    pub fn write_pending(self, path: &Path, opts: &CheckpointOptions) -> Result<PendingCheckpoint> {
+        let names: Vec<String> = self.vars.iter().map(|(n, _)| format!("{MODEL_PREFIX}{n}")).collect();
+        let mut sources: Vec<(String, Source<'_>)> = Vec::with_capacity(self.vars.len() + self.state.len());
+        for (name, (_, t)) in names.iter().zip(&self.vars) {
+            sources.push((name.clone(), Source::Candle(CandleSource::new(name, t)?)));
         }
         for e in &self.state {
-            let r = e.raw();
-            tensors.push((
-                format!("{OPTIMIZER_PREFIX}{}", e.name),
-                RawTensor::owned(r.dtype, r.shape.clone(), r.data.into_owned()),
-            ));
+            sources.push((format!("{OPTIMIZER_PREFIX}{}", e.name), Source::Raw(e.raw())));
         }
-        Ok(Snapshot { tensors, metadata: self.metadata })
-    }
-}
-
-impl Snapshot {
-    /// Writes the snapshot.
-    pub fn write(&self, path: &Path, opts: &CheckpointOptions) -> Result<PathBuf> {
-        let sources: Vec<(String, Source<'_>)> = self
-            .tensors
-            .iter()
-            .map(|(n, r)| (n.clone(), Source::Raw(RawTensor::borrowed(r.dtype, r.shape.clone(), &r.data))))
-            .collect();
-        write_sources(path, &sources, self.metadata.clone(), opts)
+        let total: u64 = sources.iter().map(|(_, s)| s.data_len() as u64).sum();
+        let pending = match opts.max_shard_size {
+            Some(max) if total > max => PendingCheckpoint::Set(stage_sharded(
+                path,
+                "model",
+                &sources,
+                Some(self.metadata.clone()),
+                max,
+                &opts.write,
+                &|_| {},
+            )?),
+            _ => PendingCheckpoint::File(write_file_pending(
+                path,
+                &sources,
+                Some(self.metadata.clone()),
+                &opts.write,
+                &|_| {},
+            )?),
+        };
+        Ok(pending)
     }
 }
 
@@ -219,14 +239,15 @@ pub fn load_checkpoint<'o>(
     if strict && !report.is_clean() {
         return Err(CandleError::Load(report));
     }
-    // Stage the model's new values first (nothing assigned yet).
-    let mut staged = Vec::with_capacity(report.loaded.len());
+    // Everything that can fail is checked before anything is assigned.
+    let mut plan = Vec::with_capacity(report.loaded.len());
     for (name, var) in vars {
         if !report.loaded.contains(name) {
             continue;
         }
         let view = set.tensor(&format!("{MODEL_PREFIX}{name}"))?;
-        staged.push((var, view_to_tensor(&view, var.device(), Some(var.dtype()))?));
+        crate::tensor::check_convertible(&view, var.dtype())?;
+        plan.push((var, view));
     }
     if let Some(o) = opt {
         let recorded = set.shards().first().and_then(|s| s.metadata()).and_then(|m| m.get("optimizer.kind")).cloned();
@@ -243,10 +264,12 @@ pub fn load_checkpoint<'o>(
             let view = set.get(&format!("{OPTIMIZER_PREFIX}{name}"))?;
             view_to_tensor(&view, &candle_core::Device::Cpu, None).ok()
         };
+        // Validates all of the optimizer's state before assigning any of it.
         o.load_state(&get)?;
     }
-    for (var, t) in staged {
-        var.set(&t)?;
+    // One tensor at a time: the extra memory is one tensor, not the model.
+    for (var, view) in plan {
+        var.set(&view_to_tensor(&view, var.device(), Some(var.dtype()))?)?;
     }
     Ok(Loaded { state, report })
 }

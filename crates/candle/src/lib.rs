@@ -54,13 +54,14 @@ mod train_state;
 
 pub use backend::{SafeckptBackend, var_builder};
 pub use checkpoint::{
-    CheckpointOptions, Loaded, MODEL_PREFIX, OPTIMIZER_PREFIX, PARAM_GROUPS_KEY, Snapshot, SnapshotSource,
+    CheckpointOptions, Loaded, MODEL_PREFIX, OPTIMIZER_PREFIX, PARAM_GROUPS_KEY, PendingCheckpoint, SnapshotSource,
     checkpoint_metadata, load_checkpoint, read_train_state, save_checkpoint,
 };
 pub use error::{CandleError, Result};
 pub use manager::{CheckpointManager, Fence, KeepBest, LedgerEntry, ManagerOptions, Mode, Resumed};
 pub use state_dict::{
-    LoadOptions, LoadReport, Mismatch, check_vars, load_varmap, load_vars, save_varmap, save_vars, varmap_vars,
+    LoadOptions, LoadReport, Mismatch, check_vars, load_varmap, load_vars, save_varmap, save_vars, varmap_from_file,
+    varmap_vars,
 };
-pub use tensor::{CandleSource, to_candle, to_safetensors, view_to_tensor};
+pub use tensor::{CandleSource, to_candle, to_safetensors, view_to_tensor, view_to_var};
 pub use train_state::{CHECKPOINT_KEY, CHECKPOINT_VERSION, TRAIN_STATE_KEY, TrainState};

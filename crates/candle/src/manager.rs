@@ -413,9 +413,13 @@ impl CheckpointManager {
         Ok(path)
     }
 
-    /// Starts a save in the background and returns at once. The variables and optimizer state
-    /// are copied by the background thread; the optimizer (given [`CheckpointManager::fence`])
-    /// waits for that copy before its next step, so training overlaps the copy and the write.
+    /// Starts a save in the background and returns at once. A background thread writes the
+    /// variables and optimizer state straight from their memory into the (not yet visible)
+    /// checkpoint file, then opens the fence, then flushes and commits. The optimizer (given
+    /// [`CheckpointManager::fence`]) waits on the fence before its next step, so the forward and
+    /// backward passes overlap the write, and only an optimizer step that comes before the data
+    /// is written waits. (CPU variables also stay read-locked while they are written, so nothing
+    /// can modify them under the writer.)
     /// At most one save is in flight: this first waits for the previous one, and returns its
     /// error if it failed. Errors of this save surface on the next save or on `wait`.
     pub fn save_async(
@@ -425,6 +429,7 @@ impl CheckpointManager {
         state: &TrainState,
     ) -> Result<()> {
         self.wait()?;
+        let total: u64 = vars.iter().map(|(_, v)| (v.elem_count() * v.dtype().size_in_bytes()) as u64).sum();
         let source = SnapshotSource::new(vars, opt, state);
         let shared = Arc::clone(&self.shared);
         let fence = self.fence.clone();
@@ -437,26 +442,30 @@ impl CheckpointManager {
         let handle = std::thread::Builder::new()
             .name(format!("safeckpt-save-{step}"))
             .spawn(move || -> Result<()> {
-                let guard = FenceGuard(fence);
-                let snapshot = source.materialize()?;
-                drop(guard);
                 let opts = shared.lock().unwrap_or_else(|p| p.into_inner()).opts.checkpoint.clone();
-                let total: u64 = snapshot
-                    .tensors
-                    .iter()
-                    .filter(|(n, _)| n.starts_with("model."))
-                    .map(|(_, r)| r.data.len() as u64)
-                    .sum();
-                let path = match opts.max_shard_size {
-                    Some(m) if total > m => {
-                        let tmp = dir.join(format!(".{}.tmp{}", file_name(step), std::process::id()));
-                        let _ = std::fs::remove_dir_all(&tmp);
-                        snapshot.write(&tmp, &opts)?;
-                        let _ = std::fs::remove_dir_all(&target_dir);
-                        std::fs::rename(&tmp, &target_dir).map_err(|e| CandleError::io(&target_dir, e))?;
-                        target_dir
+                let sharded = opts.max_shard_size.is_some_and(|m| total > m);
+                let tmp_dir = dir.join(format!(".{}.tmp{}", file_name(step), std::process::id()));
+                // Phase 1, fenced: every byte written from the live variables and optimizer
+                // buffers; then the fence opens and training may modify them again.
+                let guard = FenceGuard(fence);
+                let pending = if sharded {
+                    let _ = std::fs::remove_dir_all(&tmp_dir);
+                    source.write_pending(&tmp_dir, &opts)?
+                } else {
+                    source.write_pending(&target_file, &opts)?
+                };
+                drop(guard);
+                // Phase 2, unfenced: flush, rename, ledger.
+                let path = pending.commit(opts.write.has_fsync())?;
+                let path = if sharded {
+                    let _ = std::fs::remove_dir_all(&target_dir);
+                    std::fs::rename(&tmp_dir, &target_dir).map_err(|e| CandleError::io(&target_dir, e))?;
+                    if opts.write.has_fsync() {
+                        safeckpt_writer::atomic::sync_dir(Some(&dir)).map_err(|e| CandleError::io(&dir, e))?;
                     }
-                    _ => snapshot.write(&target_file, &opts)?,
+                    target_dir
+                } else {
+                    path
                 };
                 let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
                 shared.lock().unwrap_or_else(|p| p.into_inner()).commit(entry_for(&entry_state, name))

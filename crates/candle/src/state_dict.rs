@@ -160,25 +160,72 @@ pub fn check_vars(set: &ShardedReader, vars: &[(String, Var)], opts: &LoadOption
 /// Loads tensors into variables. With `strict` (the default) nothing is modified unless every
 /// variable has a tensor of the right shape and no tensor under the prefix is left over; the
 /// report says what was found. Without it, what fits is loaded and the rest is reported. Values
-/// are converted to each variable's dtype and device (PyTorch's `copy_` semantics). Every new
-/// value is built before any variable is touched.
+/// are converted to each variable's dtype and device (PyTorch's `copy_` semantics).
+///
+/// Everything that can fail is checked before the first variable is touched (names, shapes, and
+/// whether each dtype converts); then tensors are loaded and assigned one at a time, so the extra
+/// memory is one tensor, not the model.
 pub fn load_vars(set: &ShardedReader, vars: &[(String, Var)], opts: &LoadOptions) -> Result<LoadReport> {
     let report = check_vars(set, vars, opts);
     if opts.strict && !report.is_clean() {
         return Err(CandleError::Load(report));
     }
     let by_name: BTreeMap<&str, &Var> = vars.iter().map(|(n, v)| (n.as_str(), v)).collect();
-    let mut staged = Vec::with_capacity(report.loaded.len());
+    let mut plan = Vec::with_capacity(report.loaded.len());
     for name in &report.loaded {
         let var = by_name[name.as_str()];
         let view = set.tensor(&format!("{}{name}", opts.prefix))?;
-        let dtype: DType = var.dtype();
-        staged.push((var, view_to_tensor(&view, var.device(), Some(dtype))?));
+        crate::tensor::check_convertible(&view, var.dtype())?;
+        plan.push((var, view));
     }
-    for (var, t) in staged {
-        var.set(&t)?;
+    for (var, view) in plan {
+        let dtype: DType = var.dtype();
+        var.set(&view_to_tensor(&view, var.device(), Some(dtype))?)?;
     }
     Ok(report)
+}
+
+/// A new `VarMap` holding every tensor of a file or sharded set (under `prefix`, which is
+/// removed from the names), as `dtype` variables on `device`.
+///
+/// Each tensor is copied once, in parallel, into memory the variable then owns (no second copy,
+/// unlike loading into existing variables, which must copy into their storage). Build the model
+/// from it with `VarBuilder::from_varmap`: the model then uses these variables.
+pub fn varmap_from_file(
+    path: impl AsRef<Path>,
+    prefix: &str,
+    dtype: Option<DType>,
+    device: &candle_core::Device,
+) -> Result<VarMap> {
+    let set = ShardedReader::open(path)?;
+    let vm = VarMap::new();
+    let built: Vec<(String, Var)> = {
+        use rayon::prelude::*;
+        let jobs: Vec<(&safeckpt_reader::Reader, safeckpt_reader::TensorView<'_>)> = set
+            .shards()
+            .iter()
+            .flat_map(|r| r.tensors().filter(|t| t.name().starts_with(prefix)).map(move |t| (r, t)))
+            .collect();
+        jobs.par_iter()
+            .map(|(reader, view)| {
+                let name = view.name()[prefix.len()..].to_string();
+                let natural = crate::tensor::to_candle(view.dtype());
+                // The common case, no cast to the CPU: read the bytes straight from the file into
+                // the vector the variable will own (parallel `pread`, no page faults on a map).
+                if device.is_cpu() && natural.is_some() && dtype.is_none_or(|d| Some(d) == natural) {
+                    if let Some(var) = crate::tensor::owned_to_var(reader.load_owned(view.name())?)? {
+                        return Ok((name, var));
+                    }
+                }
+                Ok((name, crate::tensor::view_to_var(view, device, dtype)?))
+            })
+            .collect::<Result<_>>()?
+    };
+    {
+        let mut data = vm.data().lock().unwrap_or_else(|p| p.into_inner());
+        data.extend(built);
+    }
+    Ok(vm)
 }
 
 /// Loads a file or sharded set into a `VarMap` (see [`load_vars`]).

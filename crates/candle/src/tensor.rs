@@ -3,7 +3,7 @@
 
 use std::borrow::Cow;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device, Tensor, Var};
 use half::{bf16, f16};
 use rayon::prelude::*;
 use safeckpt_format::{Dtype, TensorSource};
@@ -200,6 +200,145 @@ fn convert_vec<T: bytemuck::Pod + Send + Sync>(
     out
 }
 
+/// A tensor's elements in a host vector of the matching candle type.
+enum HostData {
+    U8(Vec<u8>),
+    U32(Vec<u32>),
+    I16(Vec<i16>),
+    I32(Vec<i32>),
+    I64(Vec<i64>),
+    BF16(Vec<bf16>),
+    F16(Vec<f16>),
+    F32(Vec<f32>),
+    F64(Vec<f64>),
+    /// Bytes of a type candle only stores raw (float8/6/4).
+    Raw(Vec<u8>, DType),
+}
+
+impl HostData {
+    fn dtype(&self) -> DType {
+        match self {
+            HostData::U8(_) => DType::U8,
+            HostData::U32(_) => DType::U32,
+            HostData::I16(_) => DType::I16,
+            HostData::I32(_) => DType::I32,
+            HostData::I64(_) => DType::I64,
+            HostData::BF16(_) => DType::BF16,
+            HostData::F16(_) => DType::F16,
+            HostData::F32(_) => DType::F32,
+            HostData::F64(_) => DType::F64,
+            HostData::Raw(_, d) => *d,
+        }
+    }
+
+    /// A tensor on the CPU that adopts the vector (no copy).
+    fn into_tensor(self, shape: &[usize], var: bool) -> Result<Tensor> {
+        macro_rules! adopt {
+            ($v:expr) => {
+                if var {
+                    Var::from_vec($v, shape, &Device::Cpu)?.into_inner()
+                } else {
+                    Tensor::from_vec($v, shape, &Device::Cpu)?
+                }
+            };
+        }
+        Ok(match self {
+            HostData::U8(v) => adopt!(v),
+            HostData::U32(v) => adopt!(v),
+            HostData::I16(v) => adopt!(v),
+            HostData::I32(v) => adopt!(v),
+            HostData::I64(v) => adopt!(v),
+            HostData::BF16(v) => adopt!(v),
+            HostData::F16(v) => adopt!(v),
+            HostData::F32(v) => adopt!(v),
+            HostData::F64(v) => adopt!(v),
+            HostData::Raw(b, d) => Tensor::from_raw_buffer(&b, d, shape, &Device::Cpu)?,
+        })
+    }
+}
+
+/// Decodes a view into host data of `dtype` (or its natural candle type).
+fn host_data(view: &TensorView<'_>, dtype: Option<DType>) -> Result<HostData> {
+    let name = view.name();
+    let bytes = view.data();
+    let src = view.dtype();
+    let float_src = matches!(src, Dtype::F64 | Dtype::F32 | Dtype::F16 | Dtype::BF16);
+    Ok(match (src, dtype) {
+        (s, Some(DType::F32)) if float_src && s != Dtype::F32 => {
+            HostData::F32(convert_vec::<f32>(bytes, s, |x| x, |x| x as f32))
+        }
+        (s, Some(DType::F64)) if float_src && s != Dtype::F64 => {
+            HostData::F64(convert_vec::<f64>(bytes, s, f64::from, |x| x))
+        }
+        (s, Some(DType::F16)) if float_src && s != Dtype::F16 => {
+            HostData::F16(convert_vec::<f16>(bytes, s, f16::from_f32, |x| f16::from_f32(x as f32)))
+        }
+        (s, Some(DType::BF16)) if float_src && s != Dtype::BF16 => {
+            HostData::BF16(convert_vec::<bf16>(bytes, s, bf16::from_f32, |x| bf16::from_f32(x as f32)))
+        }
+        _ => match src {
+            Dtype::U8 | Dtype::BOOL => HostData::U8(copy_vec(bytes)),
+            Dtype::U32 => HostData::U32(copy_vec(bytes)),
+            Dtype::I16 => HostData::I16(copy_vec(bytes)),
+            Dtype::I32 => HostData::I32(copy_vec(bytes)),
+            Dtype::I64 => HostData::I64(copy_vec(bytes)),
+            Dtype::BF16 => HostData::BF16(copy_vec(bytes)),
+            Dtype::F16 => HostData::F16(copy_vec(bytes)),
+            Dtype::F32 => HostData::F32(copy_vec(bytes)),
+            Dtype::F64 => HostData::F64(copy_vec(bytes)),
+            Dtype::U16 => {
+                HostData::U32(bytes.chunks_exact(2).map(|c| u32::from(u16::from_le_bytes([c[0], c[1]]))).collect())
+            }
+            Dtype::I8 => HostData::I16(bytes.iter().map(|&b| i16::from(b as i8)).collect()),
+            Dtype::F8_E4M3 | Dtype::F6_E2M3 | Dtype::F6_E3M2 | Dtype::F4 | Dtype::F8_E8M0 => {
+                HostData::Raw(bytes.to_vec(), to_candle(src).expect("mapped above"))
+            }
+            other => {
+                return Err(CandleError::Dtype {
+                    tensor: name.into(),
+                    reason: format!(
+                        "candle has no dtype that holds {other} exactly; load it with a float `dtype` cast"
+                    ),
+                });
+            }
+        },
+    })
+}
+
+/// A variable adopting an owned load's vector (no copy), when candle has its element type.
+pub(crate) fn owned_to_var(t: safeckpt_reader::OwnedTensor) -> Result<Option<Var>> {
+    use safeckpt_reader::OwnedData as O;
+    let shape = t.shape;
+    let cpu = &Device::Cpu;
+    Ok(Some(match t.data {
+        O::U8(v) if t.dtype == Dtype::U8 || t.dtype == Dtype::BOOL => Var::from_vec(v, shape, cpu)?,
+        O::U32(v) => Var::from_vec(v, shape, cpu)?,
+        O::I16(v) => Var::from_vec(v, shape, cpu)?,
+        O::I32(v) => Var::from_vec(v, shape, cpu)?,
+        O::I64(v) => Var::from_vec(v, shape, cpu)?,
+        O::BF16(v) => Var::from_vec(v, shape, cpu)?,
+        O::F16(v) => Var::from_vec(v, shape, cpu)?,
+        O::F32(v) => Var::from_vec(v, shape, cpu)?,
+        O::F64(v) => Var::from_vec(v, shape, cpu)?,
+        _ => return Ok(None),
+    }))
+}
+
+/// Checks, without loading anything, that a view can be loaded as `dtype`.
+pub(crate) fn check_convertible(view: &TensorView<'_>, dtype: DType) -> Result<()> {
+    let src = view.dtype();
+    let float_src = matches!(src, Dtype::F64 | Dtype::F32 | Dtype::F16 | Dtype::BF16);
+    let float_dst = matches!(dtype, DType::F64 | DType::F32 | DType::F16 | DType::BF16);
+    if (float_src && float_dst) || to_candle(src).is_some() || matches!(src, Dtype::U16 | Dtype::I8) {
+        Ok(())
+    } else {
+        Err(CandleError::Dtype {
+            tensor: view.name().into(),
+            reason: format!("candle has no dtype that holds {src} exactly; load it with a float `dtype` cast"),
+        })
+    }
+}
+
 /// Loads a tensor view into a candle tensor on `device`, optionally cast to `dtype`.
 ///
 /// The bytes are copied once, in parallel, into a vector candle adopts without another copy (for
@@ -208,66 +347,23 @@ fn convert_vec<T: bytemuck::Pod + Send + Sync>(
 /// `F8_E5M2` and the fnuz float8s) are refused unless the cast asks for a float type. Float casts
 /// between F64, F32, F16 and BF16 round to nearest even, in parallel.
 pub fn view_to_tensor(view: &TensorView<'_>, device: &Device, dtype: Option<DType>) -> Result<Tensor> {
-    let name = view.name();
-    let shape = view.shape().to_vec();
-    let bytes = view.data();
-    let src = view.dtype();
-    let float_src = matches!(src, Dtype::F64 | Dtype::F32 | Dtype::F16 | Dtype::BF16);
-    let t = match (src, dtype) {
-        (s, Some(DType::F32)) if float_src && s != Dtype::F32 => {
-            Tensor::from_vec(convert_vec::<f32>(bytes, s, |x| x, |x| x as f32), shape, &Device::Cpu)?
-        }
-        (s, Some(DType::F64)) if float_src && s != Dtype::F64 => {
-            Tensor::from_vec(convert_vec::<f64>(bytes, s, f64::from, |x| x), shape, &Device::Cpu)?
-        }
-        (s, Some(DType::F16)) if float_src && s != Dtype::F16 => Tensor::from_vec(
-            convert_vec::<f16>(bytes, s, f16::from_f32, |x| f16::from_f32(x as f32)),
-            shape,
-            &Device::Cpu,
-        )?,
-        (s, Some(DType::BF16)) if float_src && s != Dtype::BF16 => Tensor::from_vec(
-            convert_vec::<bf16>(bytes, s, bf16::from_f32, |x| bf16::from_f32(x as f32)),
-            shape,
-            &Device::Cpu,
-        )?,
-        _ => {
-            let natural = match src {
-                Dtype::U8 | Dtype::BOOL => Tensor::from_vec(copy_vec::<u8>(bytes), shape, &Device::Cpu)?,
-                Dtype::U32 => Tensor::from_vec(copy_vec::<u32>(bytes), shape, &Device::Cpu)?,
-                Dtype::I16 => Tensor::from_vec(copy_vec::<i16>(bytes), shape, &Device::Cpu)?,
-                Dtype::I32 => Tensor::from_vec(copy_vec::<i32>(bytes), shape, &Device::Cpu)?,
-                Dtype::I64 => Tensor::from_vec(copy_vec::<i64>(bytes), shape, &Device::Cpu)?,
-                Dtype::BF16 => Tensor::from_vec(copy_vec::<bf16>(bytes), shape, &Device::Cpu)?,
-                Dtype::F16 => Tensor::from_vec(copy_vec::<f16>(bytes), shape, &Device::Cpu)?,
-                Dtype::F32 => Tensor::from_vec(copy_vec::<f32>(bytes), shape, &Device::Cpu)?,
-                Dtype::F64 => Tensor::from_vec(copy_vec::<f64>(bytes), shape, &Device::Cpu)?,
-                Dtype::U16 => {
-                    let v: Vec<u32> =
-                        bytes.chunks_exact(2).map(|c| u32::from(u16::from_le_bytes([c[0], c[1]]))).collect();
-                    Tensor::from_vec(v, shape, &Device::Cpu)?
-                }
-                Dtype::I8 => {
-                    let v: Vec<i16> = bytes.iter().map(|&b| i16::from(b as i8)).collect();
-                    Tensor::from_vec(v, shape, &Device::Cpu)?
-                }
-                Dtype::F8_E4M3 | Dtype::F6_E2M3 | Dtype::F6_E3M2 | Dtype::F4 | Dtype::F8_E8M0 => {
-                    let cd = to_candle(src).expect("mapped above");
-                    Tensor::from_raw_buffer(bytes, cd, &shape, &Device::Cpu)?
-                }
-                other => {
-                    return Err(CandleError::Dtype {
-                        tensor: name.into(),
-                        reason: format!(
-                            "candle has no dtype that holds {other} exactly; load it with a float `dtype` cast"
-                        ),
-                    });
-                }
-            };
-            match dtype {
-                Some(d) if d != natural.dtype() => natural.to_dtype(d)?,
-                _ => natural,
-            }
-        }
+    load(view, device, dtype, false)
+}
+
+/// [`view_to_tensor`] as a variable (on CPU, the variable adopts the loaded vector: no copy).
+pub fn view_to_var(view: &TensorView<'_>, device: &Device, dtype: Option<DType>) -> Result<Var> {
+    let t = load(view, device, dtype, true)?;
+    Ok(Var::from_tensor(&t)?)
+}
+
+fn load(view: &TensorView<'_>, device: &Device, dtype: Option<DType>, var: bool) -> Result<Tensor> {
+    let data = host_data(view, dtype)?;
+    let natural = data.dtype();
+    let on_cpu = device.is_cpu() && dtype.is_none_or(|d| d == natural);
+    let t = data.into_tensor(view.shape(), var && on_cpu)?;
+    let t = match dtype {
+        Some(d) if d != natural => t.to_dtype(d)?,
+        _ => t,
     };
     Ok(if device.is_cpu() { t } else { t.to_device(device)? })
 }

@@ -156,3 +156,22 @@ fn var_builder_serves_models_from_a_file() {
     let _unused: Option<Mlp> = None;
     let _ = varmap_vars(&VarMap::new());
 }
+
+#[test]
+fn a_new_varmap_from_a_file_builds_the_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("m.safetensors");
+    let (vm, mlp, _) = seeded_model(6);
+    save_varmap(&p, &vm, None, &opts()).unwrap();
+    let loaded = safeckpt_candle::varmap_from_file(&p, "", None, &Device::Cpu).unwrap();
+    assert_eq!(varmap_vars(&loaded).len(), 6);
+    let vb = candle_nn::VarBuilder::from_varmap(&loaded, DType::F32, &Device::Cpu);
+    let fc1 = candle_nn::linear(20, 64, vb.pp("fc1")).unwrap();
+    let x = crate::common::batch(2, 3).0;
+    assert_eq!(
+        fc1.forward(&x).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        mlp.fc1.forward(&x).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()
+    );
+    // The variables are real variables (trainable).
+    assert!(varmap_vars(&loaded).iter().all(|(_, v)| v.as_tensor().is_variable()));
+}

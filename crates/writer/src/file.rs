@@ -111,6 +111,18 @@ pub fn write_file_with_progress<S: TensorSource>(
     Ok(staged.summary)
 }
 
+/// [`write_file`] up to, but not including, the commit: all data and the header are written to
+/// the temporary file (so the sources may be released or modified), nothing is visible yet.
+pub fn write_file_pending<S: TensorSource>(
+    path: impl AsRef<Path>,
+    tensors: &[(impl AsRef<str> + Sync, S)],
+    metadata: Option<Metadata>,
+    opts: &WriteOptions,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<PendingFile> {
+    stage(path.as_ref(), tensors, metadata, opts, progress)
+}
+
 /// A complete file still under its temporary name: nothing is visible at the target until
 /// [`PendingFile::commit`] (or [`PendingFile::sync`] then [`PendingFile::rename`], to commit a
 /// group of files together). Dropping it removes the temporary file.

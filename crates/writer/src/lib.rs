@@ -31,7 +31,11 @@ mod options;
 mod shard;
 
 pub use error::{Result, WriteError};
-pub use file::{PendingFile, StreamWriter, TensorWriter, WriteSummary, write_file, write_file_with_progress};
+pub use file::{
+    PendingFile, StreamWriter, TensorWriter, WriteSummary, write_file, write_file_pending, write_file_with_progress,
+};
 pub use options::WriteOptions;
 pub use safeckpt_format as format;
-pub use shard::{ShardedSummary, commit_set, index_file_name, parse_size, plan_shards, write_sharded};
+pub use shard::{
+    PendingSet, ShardedSummary, commit_set, index_file_name, parse_size, plan_shards, stage_sharded, write_sharded,
+};

@@ -84,6 +84,45 @@ pub fn write_sharded<S: TensorSource>(
     opts: &WriteOptions,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<ShardedSummary> {
+    stage_sharded(dir, prefix, tensors, metadata, max_shard_size, opts, progress)?.commit(opts.fsync)
+}
+
+/// A sharded set whose data is fully written under temporary names, not yet visible: see
+/// [`stage_sharded`].
+#[derive(Debug)]
+pub struct PendingSet {
+    dir: PathBuf,
+    shards: Vec<PendingFile>,
+    index: Option<(PathBuf, ShardIndex)>,
+}
+
+impl PendingSet {
+    /// Makes the set visible: shards flushed and renamed, then the index (see [`commit_set`]).
+    pub fn commit(self, fsync: bool) -> Result<ShardedSummary> {
+        match self.index {
+            None => {
+                let summaries = self.shards.into_iter().map(|s| s.commit(fsync)).collect::<Result<Vec<_>>>()?;
+                Ok(ShardedSummary { index: None, shards: summaries })
+            }
+            Some((path, index)) => {
+                let shards = commit_set(&self.dir, self.shards, &path, &index, fsync)?;
+                Ok(ShardedSummary { index: Some(path), shards })
+            }
+        }
+    }
+}
+
+/// [`write_sharded`] up to, but not including, the commit: every byte of every shard is written
+/// (so the sources may be released or modified), nothing is visible yet.
+pub fn stage_sharded<S: TensorSource>(
+    dir: impl AsRef<Path>,
+    prefix: &str,
+    tensors: &[(impl AsRef<str> + Sync, S)],
+    metadata: Option<Metadata>,
+    max_shard_size: u64,
+    opts: &WriteOptions,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<PendingSet> {
     let dir = dir.as_ref();
     if max_shard_size == 0 {
         return Err(WriteError::Invalid("the maximum shard size must be positive".into()));
@@ -94,8 +133,7 @@ pub fn write_sharded<S: TensorSource>(
     if groups.len() == 1 {
         let path = dir.join(format!("{prefix}.safetensors"));
         let staged = stage(&path, tensors, metadata, opts, progress)?;
-        staged.tmp.commit(opts.fsync)?;
-        return Ok(ShardedSummary { index: None, shards: vec![staged.summary] });
+        return Ok(PendingSet { dir: dir.to_path_buf(), shards: vec![staged], index: None });
     }
     let index_path = dir.join(index_file_name(prefix));
     if !opts.overwrite && index_path.exists() {
@@ -119,8 +157,7 @@ pub fn write_sharded<S: TensorSource>(
         }
     }
     let index = ShardIndex::new(weight_map, sizes.iter().sum());
-    let shards = commit_set(dir, staged, &index_path, &index, opts.fsync)?;
-    Ok(ShardedSummary { index: Some(index_path), shards })
+    Ok(PendingSet { dir: dir.to_path_buf(), shards: staged, index: Some((index_path, index)) })
 }
 
 /// Commits a group of pending shard files and then their index: all shards are flushed, then
