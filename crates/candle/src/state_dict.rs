@@ -212,10 +212,12 @@ pub fn varmap_from_file(
                 let natural = crate::tensor::to_candle(view.dtype());
                 // The common case, no cast to the CPU: read the bytes straight from the file into
                 // the vector the variable will own (parallel `pread`, no page faults on a map).
-                if device.is_cpu() && natural.is_some() && dtype.is_none_or(|d| Some(d) == natural) {
-                    if let Some(var) = crate::tensor::owned_to_var(reader.load_owned(view.name())?)? {
-                        return Ok((name, var));
-                    }
+                if device.is_cpu()
+                    && natural.is_some()
+                    && dtype.is_none_or(|d| Some(d) == natural)
+                    && let Some(var) = crate::tensor::owned_to_var(reader.load_owned(view.name())?)?
+                {
+                    return Ok((name, var));
                 }
                 Ok((name, crate::tensor::view_to_var(view, device, dtype)?))
             })
