@@ -237,7 +237,7 @@ pub fn load_checkpoint<'o>(
     let lopts = LoadOptions { strict, prefix: MODEL_PREFIX.into() };
     let report = check_vars(set, vars, &lopts);
     if strict && !report.is_clean() {
-        return Err(CandleError::Load(report));
+        return Err(CandleError::Load(Box::new(report)));
     }
     // Everything that can fail is checked before anything is assigned.
     let mut plan = Vec::with_capacity(report.loaded.len());

@@ -25,7 +25,7 @@ pub enum CandleError {
     },
     /// A strict load found missing, unexpected or mismatched tensors; nothing was modified.
     #[error("{0}")]
-    Load(crate::state_dict::LoadReport),
+    Load(Box<crate::state_dict::LoadReport>),
     /// Optimizer state does not fit the optimizer or its parameters.
     #[error("optimizer state: {0}")]
     OptimizerState(String),

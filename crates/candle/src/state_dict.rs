@@ -168,7 +168,7 @@ pub fn check_vars(set: &ShardedReader, vars: &[(String, Var)], opts: &LoadOption
 pub fn load_vars(set: &ShardedReader, vars: &[(String, Var)], opts: &LoadOptions) -> Result<LoadReport> {
     let report = check_vars(set, vars, opts);
     if opts.strict && !report.is_clean() {
-        return Err(CandleError::Load(report));
+        return Err(CandleError::Load(Box::new(report)));
     }
     let by_name: BTreeMap<&str, &Var> = vars.iter().map(|(n, v)| (n.as_str(), v)).collect();
     let mut plan = Vec::with_capacity(report.loaded.len());
