@@ -1,0 +1,79 @@
+//! Short versions of the reliability campaigns: they fail on any lost or damaged checkpoint, any
+//! silent corruption, a torn read, a second writer let in, or a fault that leaves a mess.
+
+use std::path::Path;
+
+use safeckpt_reliability::crash::Mode;
+use safeckpt_reliability::{concurrency, corrupt, crash, faults, hostile, syscalls};
+
+fn exe() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_safeckpt-reliability"))
+}
+
+#[test]
+fn sigkill_during_saves_loses_nothing() {
+    for (mode, seed) in [(Mode::File, 11), (Mode::Sharded, 12), (Mode::Manager, 13)] {
+        let dir = tempfile::tempdir().unwrap();
+        let r = crash::campaign(exe(), mode, dir.path(), 12, 120, seed).unwrap();
+        assert!(r.is_clean(), "{mode:?}: {r:#?}");
+        assert_eq!(r.kills, 12);
+        assert!(r.latest_ok >= 6, "{mode:?}: too few kills landed after a save: {r:#?}");
+    }
+}
+
+#[test]
+fn corruption_is_always_detected() {
+    let r = corrupt::campaign(3000, 5).unwrap();
+    assert_eq!(r.silent_wrong, 0, "{r:#?}");
+    assert_eq!(r.data_named, r.data_trials, "{r:#?}");
+    assert!(r.header_trials > 10, "{r:#?}");
+}
+
+#[test]
+fn faults_leave_the_previous_checkpoint_and_no_mess() {
+    let base = tempfile::tempdir().unwrap();
+    let fsize = base.path().join("fsize");
+    std::fs::create_dir_all(&fsize).unwrap();
+    let mut all = vec![
+        faults::file_size_limit(exe(), &fsize).unwrap(),
+        faults::disk_full(base.path()).unwrap(),
+        faults::read_only(base.path()).unwrap(),
+    ];
+    all.extend(faults::vanished_directory(base.path()).unwrap());
+    for f in &all {
+        assert!(f.is_clean(), "{f:#?}");
+    }
+    assert!(all[0].error.contains("File too large"), "{:#?}", all[0]);
+}
+
+#[test]
+fn one_writer_per_run_directory_and_no_torn_reads() {
+    let base = tempfile::tempdir().unwrap();
+    let lock = concurrency::second_writer(exe(), &base.path().join("locked")).unwrap();
+    assert!(lock.refused && lock.names_holder, "{lock:#?}");
+    let r = concurrency::readers_during_commits(&base.path().join("readers"), 60).unwrap();
+    assert_eq!(r.torn, 0, "{r:#?}");
+    assert!(r.verified > 0, "{r:#?}");
+}
+
+#[test]
+fn a_durable_save_flushes_before_and_after_the_rename() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = syscalls::durable_save_order(exe(), dir.path()).unwrap();
+    if !r.available {
+        assert!(std::env::var_os("SAFECKPT_REQUIRE_STRACE").is_none(), "strace is required but missing");
+        eprintln!("skipped: strace not installed");
+        return;
+    }
+    assert!(r.ordered, "{r:#?}");
+}
+
+#[test]
+fn a_huge_tensor_count_is_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = hostile::header_bomb(exe(), dir.path(), 100_000).unwrap();
+    assert!(h.header_bytes > 7_000_000);
+    // About 80 bytes of header per tensor; the parsed form stays within a small multiple of the
+    // header itself.
+    assert!(h.peak_rss_growth_mib < 4.0 * h.header_bytes as f64 / (1 << 20) as f64 + 16.0, "{h:#?}");
+}
