@@ -16,6 +16,11 @@ use crate::value::{Arena, Obj, TensorDef, Value, bigint_to_decimal};
 pub const MAX_DEPTH: usize = 256;
 /// Most nodes visited in one walk (shared subtrees count each time they are reached).
 pub const MAX_VISITS: usize = 5_000_000;
+/// Most bytes of metadata JSON one walk produces (a safetensors header, which holds it, is read by
+/// the reference implementation only up to 100 MB).
+pub const MAX_METADATA_BYTES: usize = 64 << 20;
+/// Longest integer printed, in decimal digits: the limit Python itself puts on `str(int)`.
+pub const MAX_INT_DIGITS: usize = 4300;
 
 /// The flat view of a file.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -34,6 +39,11 @@ struct Walker<'a> {
     has_tensor: HashMap<u32, bool>,
     out: Flattened,
     names: HashSet<String>,
+    /// Metadata JSON bytes produced so far.
+    meta_bytes: usize,
+    /// Decimal text of big integers already printed, by address: a shared integer reached many
+    /// times is converted once.
+    int_text: HashMap<usize, std::rc::Rc<str>>,
 }
 
 type R<T> = std::result::Result<T, String>;
@@ -53,6 +63,8 @@ pub fn flatten_with_limit(arena: &Arena, root: &Value, key: Option<&str>, max_vi
         has_tensor: HashMap::new(),
         out: Flattened::default(),
         names: HashSet::new(),
+        meta_bytes: 0,
+        int_text: HashMap::new(),
     };
     let start = match key {
         None => root.clone(),
@@ -70,12 +82,11 @@ pub fn flatten_with_limit(arena: &Arena, root: &Value, key: Option<&str>, max_vi
     Ok(w.out)
 }
 
-/// A dict key as Python's `str()` would print it.
+/// A dict key as Python's `str()` would print it (big integers are handled by the walker).
 fn key_text(k: &Value) -> Option<String> {
     Some(match k {
         Value::Str(s) => s.to_string(),
         Value::Int(i) => i.to_string(),
-        Value::BigInt(b) => bigint_to_decimal(b),
         Value::Bool(true) => "True".into(),
         Value::Bool(false) => "False".into(),
         Value::None => "None".into(),
@@ -113,6 +124,27 @@ impl Walker<'_> {
         Ok(())
     }
 
+    /// Decimal text of a big integer, converted once per distinct integer; the conversion's
+    /// quadratic cost is charged to the visit budget.
+    fn big_int(&mut self, le: &std::sync::Arc<[u8]>) -> R<std::rc::Rc<str>> {
+        let addr = le.as_ptr() as usize;
+        if let Some(t) = self.int_text.get(&addr) {
+            return Ok(t.clone());
+        }
+        // 8 * log10(2) = 2.408 digits per byte: a longer integer cannot fit the limit.
+        let too_long = || format!("an integer with more than {MAX_INT_DIGITS} digits (Python refuses to print one)");
+        if le.len() > MAX_INT_DIGITS * 10 / 24 + 1 {
+            return Err(too_long());
+        }
+        self.visits += le.len() * le.len() / 32;
+        let text: std::rc::Rc<str> = bigint_to_decimal(le).into();
+        if text.trim_start_matches('-').len() > MAX_INT_DIGITS {
+            return Err(too_long());
+        }
+        self.int_text.insert(addr, text.clone());
+        Ok(text)
+    }
+
     fn enter(&mut self, v: &Value) -> R<Option<u32>> {
         if let Value::Ref(i) = v {
             if !self.on_path.insert(*i) {
@@ -130,12 +162,17 @@ impl Walker<'_> {
     }
 
     /// Dict entries with repeated keys resolved as Python does (last value, first position).
-    fn entries(&self, v: &Value, prefix: &str) -> R<Vec<(String, Value)>> {
-        let Some(Obj::Dict(_, entries)) = self.arena.get(v) else { return Ok(Vec::new()) };
+    fn entries(&mut self, v: &Value, prefix: &str) -> R<Vec<(String, Value)>> {
+        let arena = self.arena;
+        let Some(Obj::Dict(_, entries)) = arena.get(v) else { return Ok(Vec::new()) };
         let mut out: Vec<(String, Value)> = Vec::with_capacity(entries.len());
         let mut pos: HashMap<String, usize> = HashMap::with_capacity(entries.len());
         for (k, val) in entries {
-            let Some(name) = key_text(k) else {
+            let text = match k {
+                Value::BigInt(b) => Some(self.big_int(b)?.to_string()),
+                _ => key_text(k),
+            };
+            let Some(name) = text else {
                 let at = if prefix.is_empty() { "the top level".to_string() } else { format!("`{prefix}`") };
                 return Err(format!("a dict key at {at} is not a string or number; it cannot become a tensor name"));
             };
@@ -182,6 +219,10 @@ impl Walker<'_> {
     fn add_meta(&mut self, name: String, json: String) -> R<()> {
         if !self.names.insert(name.clone()) {
             return Err(format!("two values flatten to the same name `{name}`"));
+        }
+        self.meta_bytes += name.len() + json.len();
+        if self.meta_bytes > MAX_METADATA_BYTES {
+            return Err(self.metadata_too_large());
         }
         self.out.metadata.push((name, json));
         Ok(())
@@ -275,15 +316,22 @@ impl Walker<'_> {
         Ok(out)
     }
 
+    fn metadata_too_large(&self) -> String {
+        format!("the values besides tensors come to more than {MAX_METADATA_BYTES} bytes of JSON metadata")
+    }
+
     fn json_into(&mut self, out: &mut String, v: &Value, depth: usize) -> R<()> {
         self.visit(depth)?;
+        if self.meta_bytes + out.len() > MAX_METADATA_BYTES {
+            return Err(self.metadata_too_large());
+        }
         match v {
             Value::None => out.push_str("null"),
             Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
             Value::Int(i) => {
                 let _ = write!(out, "{i}");
             }
-            Value::BigInt(b) => out.push_str(&bigint_to_decimal(b)),
+            Value::BigInt(b) => out.push_str(&self.big_int(b)?),
             Value::Float(f) => out.push_str(&format_float(*f)),
             Value::Complex(re, im) => {
                 let _ = write!(out, "{{\"real\":{},\"imag\":{}}}", format_float(*re), format_float(*im));
@@ -364,6 +412,57 @@ mod tests {
         let root = a.push(Obj::Dict(DictKind::Dict, vec![(s("bomb"), t)]));
         let err = flatten(&a, &root, None).unwrap_err();
         assert!(err.contains("memo bomb"), "{err}");
+    }
+
+    /// `(x, x)` doubled `k` times under the key `v`.
+    fn doubled(a: &mut Arena, x: Value, k: usize) -> Value {
+        let mut t = x;
+        for _ in 0..k {
+            t = a.push(Obj::Tuple(vec![t.clone(), t]));
+        }
+        a.push(Obj::Dict(DictKind::Dict, vec![(s("v"), t)]))
+    }
+
+    #[test]
+    fn a_shared_big_integer_prints_once_and_right() {
+        // 2^8000 - 1 as 1001 bytes (the last one the sign byte): 2409 digits.
+        let mut le = vec![0xffu8; 1000];
+        le.push(0);
+        let big = Value::BigInt(Rc::from(le.as_slice()));
+        let mut a = Arena::default();
+        let root = doubled(&mut a, big, 12);
+        let f = flatten(&a, &root, None).unwrap();
+        let text = bigint_to_decimal(&le);
+        assert_eq!(text.len(), 2409);
+        assert!(text.ends_with('5'), "2^8000 - 1 ends in 5");
+        let mut expected = text;
+        for _ in 0..12 {
+            expected = format!("[{expected},{expected}]");
+        }
+        assert_eq!(f.metadata, vec![("v".to_string(), expected)]);
+    }
+
+    #[test]
+    fn integers_beyond_pythons_print_limit_are_refused() {
+        let mut a = Arena::default();
+        let mut le = vec![0x11u8; 1799];
+        le.push(0);
+        let root = a.push(Obj::Dict(DictKind::Dict, vec![(s("n"), Value::BigInt(Rc::from(le.as_slice())))]));
+        let err = flatten(&a, &root, None).unwrap_err();
+        assert!(err.contains("4300 digits"), "{err}");
+        // The same limit on a dict key.
+        let root = a.push(Obj::Dict(DictKind::Dict, vec![(Value::BigInt(Rc::from(le.as_slice())), Value::Int(1))]));
+        let err = flatten(&a, &root, None).unwrap_err();
+        assert!(err.contains("4300 digits"), "{err}");
+    }
+
+    #[test]
+    fn metadata_is_bounded_in_bytes() {
+        // A 64 KiB string reached 2^11 times: 128 MiB of JSON from a few objects.
+        let mut a = Arena::default();
+        let root = doubled(&mut a, s(&"x".repeat(64 << 10)), 11);
+        let err = flatten(&a, &root, None).unwrap_err();
+        assert!(err.contains("bytes of JSON metadata"), "{err}");
     }
 
     #[test]

@@ -158,4 +158,15 @@ fn fuzz_regressions_stay_fixed() {
     let (root, _) = unpickle(&data, &mut arena, &mut NoStorage, Limits::default()).unwrap();
     let err = safeckpt_torch::flatten::flatten(&arena, &root, None).unwrap_err();
     assert!(err.contains("memo bomb"), "{err}");
+
+    // A 521-byte pickle whose doubling tuples share 138-byte integers: each was printed in decimal
+    // again at every visit (seconds per input). Now printed once, and the JSON it would make is
+    // refused by size.
+    let data = std::fs::read(fixtures().join("../fuzz-regressions/pickle-shared-bigints.pkl")).unwrap();
+    let mut arena = Arena::default();
+    let outcome = unpickle(&data, &mut arena, &mut NoStorage, Limits::default())
+        .map_err(|e| e.to_string())
+        .and_then(|(root, _)| safeckpt_torch::flatten::flatten(&arena, &root, None).map(|f| f.metadata.len()));
+    let err = outcome.unwrap_err();
+    assert!(err.contains("bytes of JSON metadata"), "{err}");
 }
