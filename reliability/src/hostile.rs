@@ -60,3 +60,49 @@ pub fn peak_rss_kib() -> u64 {
         })
         .unwrap_or(0)
 }
+
+/// What the malicious-pickle corpus did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MaliciousReport {
+    /// Files whose pickle would run code under `torch.load` (they name the canary file the code
+    /// creates).
+    pub files: usize,
+    /// Files refused by both opening and converting, each with an error naming the file.
+    pub refused: usize,
+    /// Files whose canary appeared: code ran.
+    pub executed: usize,
+    /// Files opened or converted without an error (they must all be refused).
+    pub accepted: Vec<String>,
+}
+
+/// Opens and converts every file with a `canary` in the manifests under `fixtures` (the PyTorch
+/// corpus and its `extra/` set), in the working directory `work`, and looks for the canaries
+/// there, in the process's working directory and in the system temporary directory.
+pub fn malicious_corpus(fixtures: &Path, work: &Path) -> Result<MaliciousReport> {
+    let mut report = MaliciousReport::default();
+    for dir in [fixtures.to_path_buf(), fixtures.join("extra")] {
+        // Python's `json` writes NaN and Infinity, which are not JSON; they only occur in values.
+        let text = std::fs::read_to_string(dir.join("manifest.json"))?;
+        let text = text.replace("-Infinity", "null").replace("Infinity", "null").replace("NaN", "null");
+        let manifest: serde_json::Value = serde_json::from_str(&text)?;
+        let files = manifest["files"].as_object().context("manifest without files")?;
+        for (name, want) in files {
+            let Some(canary) = want.get("canary").and_then(|c| c.as_str()) else { continue };
+            report.files += 1;
+            let path = dir.join(name);
+            let opened = safeckpt_torch::TorchArchive::open(&path);
+            let out = work.join(format!("{name}.safetensors"));
+            let converted = safeckpt_torch::convert(&path, &out, &safeckpt_torch::ConvertOptions::default(), &|_| {});
+            let named = |e: &dyn std::fmt::Display| e.to_string().contains(name.as_str());
+            match (opened, converted) {
+                (Err(a), Err(b)) if named(&a) && named(&b) && !out.exists() => report.refused += 1,
+                _ => report.accepted.push(name.clone()),
+            }
+            let cwd = std::env::current_dir()?;
+            if [work, cwd.as_path(), std::env::temp_dir().as_path()].iter().any(|d| d.join(canary).exists()) {
+                report.executed += 1;
+            }
+        }
+    }
+    Ok(report)
+}

@@ -205,7 +205,18 @@ fn report(exe: &std::path::Path, kills: usize, flips: usize, commits: usize, see
         },
         cmd("report"),
     ));
-    for n in [10_000, 100_000, 1_000_000] {
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/pytorch");
+    let work = tempfile::tempdir()?;
+    let m = hostile::malicious_corpus(&fixtures, work.path())?;
+    rows.push((
+        "malicious pickles (GLOBAL, STACK_GLOBAL, INST, OBJ, NEWOBJ, NEWOBJ_EX, REDUCE, BUILD/__setstate__, EXT1/2/4, PERSID)".into(),
+        format!(
+            "{} files: refused with an error naming the file {}, accepted {:?}, code executed {}",
+            m.files, m.refused, m.accepted, m.executed
+        ),
+        cmd("report"),
+    ));
+    for n in [10_000, 100_000, 1_087_000] {
         let h = hostile::header_bomb(exe, base.path(), n)?;
         rows.push((
             format!("header declaring {n} tensors ({:.1} MB)", h.header_bytes as f64 / 1e6),

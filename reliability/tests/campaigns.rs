@@ -77,3 +77,13 @@ fn a_huge_tensor_count_is_bounded() {
     // header itself.
     assert!(h.peak_rss_growth_mib < 4.0 * h.header_bytes as f64 / (1 << 20) as f64 + 16.0, "{h:#?}");
 }
+
+#[test]
+fn malicious_pickles_are_refused_and_never_run() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/pytorch");
+    let work = tempfile::tempdir().unwrap();
+    let m = hostile::malicious_corpus(&fixtures, work.path()).unwrap();
+    assert!(m.files >= 21, "{m:#?}");
+    assert_eq!(m.refused, m.files, "{m:#?}");
+    assert_eq!(m.executed, 0, "{m:#?}");
+}
