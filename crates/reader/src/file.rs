@@ -65,8 +65,9 @@ impl Reader {
     /// writers never modify a file in place (they write a temporary file and rename it over the
     /// target), so a map of a file they wrote stays valid even while a newer version is being
     /// saved. A *foreign* process that truncates the file under the map can still make reads of
-    /// the lost pages fault (`SIGBUS`), as with every memory-mapped loader; if that is a concern,
-    /// use [`Reader::open_read`], which copies the file into memory.
+    /// the lost pages fault (`SIGBUS`), as with every memory-mapped loader; [`Reader::verify`]
+    /// checks the file's length first and reports such a truncation instead of reading. If that
+    /// is a concern, use [`Reader::open_read`], which copies the file into memory.
     pub fn open(path: impl AsRef<Path>) -> Result<Reader> {
         Self::open_with(path, &ReadOptions::default())
     }

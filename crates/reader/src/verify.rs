@@ -39,6 +39,15 @@ pub enum IntegrityFailure {
         /// The name in the record.
         name: String,
     },
+    /// The mapped file was truncated after it was opened (by another process: safeckpt replaces
+    /// files by rename and never truncates them); its tensors were not read, since touching the
+    /// missing pages would fault.
+    Truncated {
+        /// Bytes mapped when the file was opened.
+        mapped: u64,
+        /// Bytes the file holds now.
+        now: u64,
+    },
 }
 
 impl std::fmt::Display for IntegrityFailure {
@@ -59,6 +68,10 @@ impl std::fmt::Display for IntegrityFailure {
             IntegrityFailure::UnknownEntry { name } => {
                 write!(f, "integrity record lists `{name}`, which is not in the file")
             }
+            IntegrityFailure::Truncated { mapped, now } => write!(
+                f,
+                "the file was truncated while open ({mapped} bytes when opened, {now} now); reopen it to read what is left"
+            ),
         }
     }
 }
@@ -100,7 +113,24 @@ impl Reader {
     }
 
     /// [`Reader::verify`], calling `progress` with the number of bytes hashed since the last call.
+    ///
+    /// A mapped file that another process truncated since it was opened is reported as
+    /// [`IntegrityFailure::Truncated`] without reading its tensors (reading a page past the end of
+    /// a file would raise `SIGBUS`). Bytes rewritten in place show as checksum mismatches.
     pub fn verify_with_progress(&self, progress: &(dyn Fn(u64) + Sync)) -> Result<VerifyReport> {
+        if let (true, Some(file)) = (self.is_mapped(), self.file()) {
+            let now = file.metadata().map_err(|e| ReadError::io(self.path(), e))?.len();
+            let mapped = self.bytes().len() as u64;
+            if now < mapped {
+                return Ok(VerifyReport {
+                    path: self.path().to_path_buf(),
+                    has_checksums: self.integrity().ok().flatten().is_some(),
+                    tensors_checked: 0,
+                    bytes_checked: 0,
+                    failures: vec![IntegrityFailure::Truncated { mapped, now }],
+                });
+            }
+        }
         let Some(integrity) = self.integrity()? else {
             return Ok(VerifyReport {
                 path: self.path().to_path_buf(),

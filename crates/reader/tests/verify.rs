@@ -1,5 +1,7 @@
 //! Checksum verification finds damage and names it.
 
+use std::os::unix::fs::FileExt;
+
 use safeckpt_format::{Dtype, Metadata};
 use safeckpt_reader::{IntegrityFailure, Reader};
 
@@ -86,4 +88,28 @@ fn files_without_checksums_report_structure_only() {
     let rep = Reader::open(&p).unwrap().verify().unwrap();
     assert!(rep.is_ok() && !rep.has_checksums);
     assert_eq!(Reader::open(&p).unwrap().verify_tensor("a").unwrap(), None);
+}
+
+#[test]
+fn a_file_truncated_or_rewritten_under_the_map_is_reported() {
+    let d = tempfile::tempdir().unwrap();
+    let p = sample(d.path());
+    let len = std::fs::metadata(&p).unwrap().len();
+    let r = Reader::open(&p).unwrap();
+    assert!(r.is_mapped());
+    // Another process rewrites bytes in place: the shared map sees them, the checksum catches them.
+    let mut bytes = std::fs::read(&p).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x40;
+    std::fs::OpenOptions::new().write(true).open(&p).unwrap().write_all_at(&bytes[last..], last as u64).unwrap();
+    let rep = r.verify().unwrap();
+    assert_eq!(rep.failures.len(), 1, "{rep:?}");
+    assert!(matches!(&rep.failures[0], IntegrityFailure::Tensor { name, .. } if name == "ids"), "{rep:?}");
+    // Then truncates it: reported without touching the lost pages.
+    for cut in [len - 10, 50, 0] {
+        std::fs::OpenOptions::new().write(true).open(&p).unwrap().set_len(cut).unwrap();
+        let rep = r.verify().unwrap();
+        assert_eq!(rep.failures, vec![IntegrityFailure::Truncated { mapped: len, now: cut }]);
+        assert!(rep.failures[0].to_string().contains("truncated while open"));
+    }
 }
