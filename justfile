@@ -38,3 +38,12 @@ fuzz TARGET="header" SECONDS="60":
 # Build every fuzz target (what CI-like checks need at least).
 fuzz-build:
     cd fuzz && cargo +nightly fuzz build
+
+# Fuzz every target in turn for SECONDS each (the campaign recorded in docs/reliability.md).
+fuzz-all SECONDS="600":
+    cd fuzz && for t in header reader index pickle torch_archive; do cargo +nightly fuzz run $t -- -max_total_time={{SECONDS}} -rss_limit_mb=2048 -print_final_stats=1; done
+
+# The long reliability campaigns (docs/reliability.md): SIGKILL, faults, corruption, concurrency,
+# syscall order, malicious pickles, header bombs. Prints the results table.
+reliability KILLS="500" FLIPS="100000":
+    cargo run --release -p safeckpt-reliability -- report --kills {{KILLS}} --flips {{FLIPS}}
