@@ -126,7 +126,7 @@ fn main() -> Result<()> {
 
 fn report(exe: &std::path::Path, kills: usize, flips: usize, commits: usize, seed: u64) -> Result<()> {
     let started = Instant::now();
-    let mut rows: Vec<(String, String, String)> = Vec::new();
+    let mut rows = Rows::new();
     let cmd = |args: &str| format!("`cargo run --release -p safeckpt-reliability -- {args}`");
     for mode in [Mode::File, Mode::Sharded, Mode::Manager] {
         let dir = tempfile::tempdir()?;
@@ -148,12 +148,12 @@ fn report(exe: &std::path::Path, kills: usize, flips: usize, commits: usize, see
         rows.push((what, result, cmd(&format!("crash --mode {} --kills {kills}", format!("{mode:?}").to_lowercase()))));
     }
     let base = tempfile::tempdir()?;
+    std::fs::create_dir_all(base.path().join("fsize"))?;
     let mut faults_list = vec![
         faults::file_size_limit(exe, &base.path().join("fsize"))?,
         faults::disk_full(base.path())?,
         faults::read_only(base.path())?,
     ];
-    std::fs::create_dir_all(base.path().join("fsize"))?;
     faults_list.extend(faults::vanished_directory(base.path())?);
     for f in faults_list {
         let result = if f.ran {
@@ -224,11 +224,22 @@ fn report(exe: &std::path::Path, kills: usize, flips: usize, commits: usize, see
             cmd("report"),
         ));
     }
-    println!("| campaign | result | reproduce |");
-    println!("|---|---|---|");
-    for (a, b, c) in rows {
-        println!("| {a} | {} | {c} |", b.replace('|', "\\|"));
-    }
     println!("\n(total {:.0} s)", started.elapsed().as_secs_f64());
     Ok(())
+}
+
+/// The results table, printed row by row as campaigns finish (a long run that fails late still
+/// shows what it measured).
+struct Rows;
+
+impl Rows {
+    fn new() -> Rows {
+        println!("| campaign | result | reproduce |");
+        println!("|---|---|---|");
+        Rows
+    }
+
+    fn push(&mut self, (what, result, command): (String, String, String)) {
+        println!("| {what} | {} | {command} |", result.replace('|', "\\|"));
+    }
 }
