@@ -25,8 +25,14 @@ pub struct CorruptionReport {
     /// Of those, opened and verified, with content identical to the original (e.g. a padding space
     /// overwritten by another whitespace): harmless.
     pub header_benign: usize,
+    /// Of those, the integrity record's key itself damaged: the file reads as one without
+    /// checksums, with every tensor intact; `verify --require-checksums` and the checkpoint
+    /// manager (whose ledger says it had checksums) refuse it.
+    pub header_record_lost: usize,
     /// Damage that loaded silently with different content. Must be zero.
     pub silent_wrong: usize,
+    /// What each silent case was: offset, old and new byte, and the header text around it.
+    pub silent_cases: Vec<String>,
 }
 
 /// Builds a training checkpoint (model and AdamW state) and damages copies of it `trials` times:
@@ -88,11 +94,22 @@ pub fn campaign(trials: usize, seed: u64) -> Result<CorruptionReport> {
                 Ok(rep) if !rep.is_ok() => r.header_checksum += 1,
                 Ok(rep) => {
                     // Verified: acceptable only if nothing that matters changed.
-                    let same = rep.has_checksums
-                        && rd.header().tensors() == original.header().tensors()
-                        && rd.metadata() == original.metadata()
+                    let tensors_same = rd.header().tensors() == original.header().tensors()
                         && rd.data_section() == original.data_section();
-                    if same { r.header_benign += 1 } else { r.silent_wrong += 1 }
+                    if tensors_same && rep.has_checksums && rd.metadata() == original.metadata() {
+                        r.header_benign += 1
+                    } else if tensors_same && !rep.has_checksums {
+                        r.header_record_lost += 1
+                    } else {
+                        r.silent_wrong += 1;
+                        let ctx = &clean[at.saturating_sub(24)..(at + 24).min(data_start)];
+                        r.silent_cases.push(format!(
+                            "byte {at}: {:#04x} -> {:#04x} in `{}`",
+                            clean[at],
+                            bad[at],
+                            String::from_utf8_lossy(ctx)
+                        ));
+                    }
                 }
             },
         }

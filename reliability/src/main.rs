@@ -52,6 +52,15 @@ enum Cmd {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
+    /// Damage copies of a training checkpoint with random bit flips and byte overwrites.
+    Corrupt {
+        /// Trials.
+        #[arg(long, default_value_t = 100_000)]
+        flips: usize,
+        /// Seed.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
     /// Internal: the save loop a crash campaign kills.
     #[command(hide = true)]
     SaveLoop {
@@ -120,6 +129,12 @@ fn main() -> Result<()> {
             println!("{mode:?}: {r:#?} in {:.1} s", t.elapsed().as_secs_f64());
             Ok(())
         }
+        Cmd::Corrupt { flips, seed } => {
+            let t = Instant::now();
+            let r = corrupt::campaign(flips, seed)?;
+            println!("{r:#?} in {:.1} s", t.elapsed().as_secs_f64());
+            Ok(())
+        }
         Cmd::Report { kills, flips, commits, seed } => report(&exe, kills, flips, commits, seed),
     }
 }
@@ -173,10 +188,10 @@ fn report(exe: &std::path::Path, kills: usize, flips: usize, commits: usize, see
     rows.push((
         "random bit flips and byte overwrites in a checkpoint".into(),
         format!(
-            "{} in the data section: damaged tensor named {} times; {} in the header: refused {}, checksum failure {}, harmless {}; silent wrong loads {} ({:.0} s)",
-            c.data_trials, c.data_named, c.header_trials, c.header_structural, c.header_checksum, c.header_benign, c.silent_wrong, t.elapsed().as_secs_f64()
-        ),
-        cmd(&format!("report --flips {flips}")),
+            "{} in the data section: damaged tensor named {} times; {} in the header: refused {}, checksum failure {}, integrity record's key damaged (no checksums: refused by the manager and `verify --require-checksums`) {}, harmless {}; silent wrong loads {} ({:.0} s)",
+            c.data_trials, c.data_named, c.header_trials, c.header_structural, c.header_checksum, c.header_record_lost, c.header_benign, c.silent_wrong, t.elapsed().as_secs_f64()
+        ) + &if c.silent_cases.is_empty() { String::new() } else { format!("; silent: {:?}", c.silent_cases) },
+        cmd(&format!("corrupt --flips {flips}")),
     ));
     let lock = concurrency::second_writer(exe, &base.path().join("locked"))?;
     rows.push((
@@ -199,7 +214,9 @@ fn report(exe: &std::path::Path, kills: usize, flips: usize, commits: usize, see
     rows.push((
         "system-call order of a durable save (strace)".into(),
         if s.available {
-            format!("ordered: {}; {}", s.ordered, s.calls.join(" → "))
+            let calls: Vec<String> =
+                s.calls.iter().map(|c| c.split_whitespace().collect::<Vec<_>>().join(" ")).collect();
+            format!("ordered: {}; {}", s.ordered, calls.join(" → "))
         } else {
             "not run: strace missing".into()
         },

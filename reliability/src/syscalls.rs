@@ -67,7 +67,7 @@ pub fn durable_save_order(exe: &Path, dir: &Path) -> Result<SyscallReport> {
                 report.problem = Some("data written after the file was flushed".into());
             }
             if !wrote {
-                report.calls.push(call);
+                report.calls.push(elide_buffer(&call));
             }
             wrote = true;
         } else if step == 1
@@ -97,4 +97,13 @@ pub fn durable_save_order(exe: &Path, dir: &Path) -> Result<SyscallReport> {
         report.problem = Some(format!("the trace stopped at stage {step} of 5"));
     }
     Ok(report)
+}
+
+/// `pwrite64(3, "<bytes>"..., 4096, 1088) = 4096` without the bytes.
+fn elide_buffer(call: &str) -> String {
+    let Some((head, rest)) = call.split_once(", ") else { return call.to_string() };
+    let Some((args, result)) = rest.rsplit_once(") = ") else { return call.to_string() };
+    let mut tail = args.rsplitn(3, ", ");
+    let (offset, len) = (tail.next().unwrap_or(""), tail.next().unwrap_or(""));
+    format!("{head}, …, {len}, {offset}) = {result}")
 }

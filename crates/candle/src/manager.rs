@@ -101,6 +101,10 @@ pub struct LedgerEntry {
     /// Metrics at that point (non-finite values are dropped).
     #[serde(default)]
     pub metrics: BTreeMap<String, f64>,
+    /// Whether the checkpoint was written with checksums: one that then carries none had its
+    /// integrity record damaged, and is not resumed from.
+    #[serde(default)]
+    pub checksums: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -247,9 +251,9 @@ fn best_entries<'a>(all: &'a [LedgerEntry], b: &KeepBest) -> Vec<&'a LedgerEntry
     v
 }
 
-fn entry_for(state: &TrainState, path: String) -> LedgerEntry {
+fn entry_for(state: &TrainState, path: String, checksums: bool) -> LedgerEntry {
     let metrics = state.metrics.iter().filter(|(_, v)| v.is_finite()).map(|(k, v)| (k.clone(), *v)).collect();
-    LedgerEntry { step: state.step, epoch: state.epoch, path, metrics }
+    LedgerEntry { step: state.step, epoch: state.epoch, path, metrics, checksums }
 }
 
 impl CheckpointManager {
@@ -306,12 +310,13 @@ impl CheckpointManager {
             }
             let target =
                 if e.path().is_dir() { e.path().join(safeckpt_format::index::DEFAULT_INDEX_NAME) } else { e.path() };
-            let ok = ShardedReader::open(&target)
-                .ok()
-                .filter(|set| set.verify().map(|r| r.iter().all(|r| r.is_ok())).unwrap_or(false))
-                .and_then(|set| read_train_state(&set).ok());
-            if let Some(state) = ok {
-                ledger.checkpoints.push(entry_for(&state, name.clone()));
+            let ok = ShardedReader::open(&target).ok().and_then(|set| {
+                let reports = set.verify().ok().filter(|r| r.iter().all(|r| r.is_ok()))?;
+                let state = read_train_state(&set).ok()?;
+                Some((state, reports.iter().all(|r| r.has_checksums)))
+            });
+            if let Some((state, checksums)) = ok {
+                ledger.checkpoints.push(entry_for(&state, name.clone(), checksums));
                 adopted.push(name);
             }
         }
@@ -409,7 +414,7 @@ impl CheckpointManager {
             save_checkpoint(self.target(state.step, false), vars, opt, state, &opts)?
         };
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        self.shared().commit(entry_for(state, name))?;
+        self.shared().commit(entry_for(state, name, opts.write.has_checksums()))?;
         Ok(path)
     }
 
@@ -468,7 +473,8 @@ impl CheckpointManager {
                     path
                 };
                 let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-                shared.lock().unwrap_or_else(|p| p.into_inner()).commit(entry_for(&entry_state, name))
+                let entry = entry_for(&entry_state, name, opts.write.has_checksums());
+                shared.lock().unwrap_or_else(|p| p.into_inner()).commit(entry)
             })
             .map_err(|e| CandleError::io(&self.dir, e))?;
         self.in_flight = Some((step, handle));
@@ -506,7 +512,7 @@ impl CheckpointManager {
         let mut skipped = Vec::new();
         for entry in entries.iter().rev() {
             let path = self.path_of(entry);
-            match try_restore(&path, verify, vars, opt.as_deref_mut()) {
+            match try_restore(&path, verify.then_some(entry.checksums), vars, opt.as_deref_mut()) {
                 Ok(l) => return Ok(Some(Resumed { entry: entry.clone(), state: l.state, report: l.report, skipped })),
                 // A strict-load mismatch is the caller's model, not a damaged file: report it.
                 Err(e @ CandleError::Load(_)) => return Err(e),
@@ -524,18 +530,25 @@ impl CheckpointManager {
     }
 }
 
-/// Opens, verifies (when asked) and strictly loads one checkpoint.
+/// Opens, verifies (when `verify` is `Some(written_with_checksums)`) and strictly loads one
+/// checkpoint.
 fn try_restore<'o>(
     path: &Path,
-    verify: bool,
+    verify: Option<bool>,
     vars: &[(String, Var)],
     opt: Option<&mut (dyn StatefulOptimizer + 'o)>,
 ) -> Result<crate::checkpoint::Loaded> {
     let set = ShardedReader::open(path)?;
-    if verify {
+    if let Some(written_with_checksums) = verify {
         for r in set.verify()? {
             if let Some(f) = r.failures.first() {
                 return Err(CandleError::Checkpoint { path: r.path.clone(), reason: f.to_string() });
+            }
+            if written_with_checksums && !r.has_checksums {
+                return Err(CandleError::Checkpoint {
+                    path: r.path.clone(),
+                    reason: "written with checksums but carries no integrity record: its header was damaged".into(),
+                });
             }
         }
     }

@@ -109,6 +109,29 @@ fn resume_skips_a_damaged_newest_checkpoint() {
 }
 
 #[test]
+fn resume_skips_a_checkpoint_whose_integrity_record_was_damaged() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, _, vars) = seeded_model(1);
+    let mut m = CheckpointManager::open(dir.path(), options(3, None)).unwrap();
+    m.save(&vars, None, &TrainState::new(0, 1)).unwrap();
+    let at_step_1 = bits(&vars);
+    let p2 = m.save(&vars, None, &TrainState::new(0, 2)).unwrap();
+    assert!(m.entries().iter().all(|e| e.checksums));
+    // One flipped bit in the record's key: the file still parses, as one without checksums.
+    let mut bytes = std::fs::read(&p2).unwrap();
+    let at = bytes.windows(18).position(|w| w == b"safeckpt.integrity").unwrap();
+    bytes[at + 9] ^= 0x20;
+    std::fs::write(&p2, bytes).unwrap();
+    let report = safeckpt_reader::Reader::open(&p2).unwrap().verify().unwrap();
+    assert!(report.is_ok() && !report.has_checksums);
+    let (_, _, fresh) = seeded_model(9);
+    let r = m.resume(&fresh, None).unwrap().unwrap();
+    assert_eq!(r.entry.step, 1);
+    assert!(r.skipped[0].1.contains("no integrity record"), "{:?}", r.skipped);
+    assert_eq!(bits(&fresh), at_step_1);
+}
+
+#[test]
 fn async_saves_fence_the_next_step_and_report_errors_later() {
     let dir = tempfile::tempdir().unwrap();
     let (_, _, vars) = seeded_model(1);

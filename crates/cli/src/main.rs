@@ -49,6 +49,10 @@ enum Command {
         /// Print nothing on success.
         #[arg(short, long)]
         quiet: bool,
+        /// Fail (exit 1) when a file carries no checksums, as one written by safeckpt whose
+        /// integrity record was damaged would.
+        #[arg(long)]
+        require_checksums: bool,
     },
     /// Split a file (or re-split a set) into shards with a HuggingFace index.
     Shard {
@@ -182,7 +186,9 @@ fn run(cli: Cli) -> Result<i32> {
             torch_cmd::convert(&input, &output, &args)?;
             Ok(EXIT_OK)
         }
-        Command::Verify { path, json, quiet } => verify::verify(&path, json, quiet),
+        Command::Verify { path, json, quiet, require_checksums } => {
+            verify::verify(&path, json, quiet, require_checksums)
+        }
         Command::Shard { input, max_shard_size, output, prefix, write } => {
             reshard::shard(&input, &max_shard_size, &output, &prefix, &write.options(), write.quiet)?;
             Ok(EXIT_OK)

@@ -9,17 +9,26 @@ use serde_json::json;
 
 use crate::util::{EXIT_FAILURE, EXIT_OK, Exit, human_bytes, human_duration, progress_bar};
 
-/// Verifies a file or set; returns the exit status (0 sound, 1 checksum failure). Structural
-/// problems surface as errors (exit 2) from opening.
-pub fn verify(path: &Path, as_json: bool, quiet: bool) -> Result<i32> {
+/// Verifies a file or set; returns the exit status (0 sound, 1 checksum failure, or a file
+/// without checksums when they are required). Structural problems surface as errors (exit 2)
+/// from opening.
+pub fn verify(path: &Path, as_json: bool, quiet: bool, require_checksums: bool) -> Result<i32> {
     let start = Instant::now();
     let set = ShardedReader::open(path)?;
     let pb = if quiet || as_json { indicatif::ProgressBar::hidden() } else { progress_bar(set.data_len(), "verify") };
     let reports = set.verify_with_progress(&|n| pb.inc(n))?;
     pb.finish_and_clear();
     let elapsed = start.elapsed();
-    let failures: Vec<String> =
+    let mut failures: Vec<String> =
         reports.iter().flat_map(|r| r.failures.iter().map(move |f| format!("{}: {f}", r.path.display()))).collect();
+    if require_checksums {
+        failures.extend(
+            reports
+                .iter()
+                .filter(|r| !r.has_checksums)
+                .map(|r| format!("{}: no checksums recorded (--require-checksums)", r.path.display())),
+        );
+    }
     let with_sums = reports.iter().filter(|r| r.has_checksums).count();
     let bytes: u64 = reports.iter().map(|r| r.bytes_checked).sum();
     if as_json {

@@ -78,6 +78,11 @@ fn verify_exit_codes() {
     let o = run(&["verify", src.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(0));
     assert!(text(&o).contains("no checksums recorded"), "{}", text(&o));
+    let o = run(&["verify", "--require-checksums", src.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("no checksums recorded"), "{}", text(&o));
+    let o = run(&["verify", "--require-checksums", index.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     // One flipped bit: exit 1, naming the tensor.
     let shard = out.join("model-00002-of-00004.safetensors");
     let mut bytes = std::fs::read(&shard).unwrap();

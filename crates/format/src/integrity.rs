@@ -59,8 +59,10 @@ pub fn checksum_hex(v: u64) -> String {
 }
 
 fn parse_hex(s: &str, what: &str) -> Result<u64> {
-    if s.len() != CHECKSUM_HEX_LEN || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(FormatError::BadIntegrity { reason: format!("{what}: `{s}` is not 16 hex digits") });
+    // Only the canonical form (lowercase) is accepted, so that no change to the record's text
+    // goes unnoticed.
+    if s.len() != CHECKSUM_HEX_LEN || !s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        return Err(FormatError::BadIntegrity { reason: format!("{what}: `{s}` is not 16 lowercase hex digits") });
     }
     u64::from_str_radix(s, 16)
         .map_err(|_| FormatError::BadIntegrity { reason: format!("{what}: `{s}` is not 16 hex digits") })
@@ -183,6 +185,8 @@ mod tests {
             r#"{"version":1,"algorithm":"crc32","header":"00000000000000ff","tensors":{}}"#,
             r#"{"version":1,"algorithm":"xxh3-64","header":"ff","tensors":{}}"#,
             r#"{"version":1,"algorithm":"xxh3-64","header":"00000000000000ff","tensors":{"a":"zz"}}"#,
+            r#"{"version":1,"algorithm":"xxh3-64","header":"00000000000000FF","tensors":{}}"#,
+            r#"{"version":1,"algorithm":"xxh3-64","header":"00000000000000ff","tensors":{"a":"0123456789aBcdef"}}"#,
             r#"{"version":1}"#,
             "nonsense",
         ] {
