@@ -172,10 +172,17 @@ fn report(exe: &std::path::Path, kills: usize, flips: usize, commits: usize, see
     faults_list.extend(faults::vanished_directory(base.path())?);
     for f in faults_list {
         let result = if f.ran {
+            // A removed run directory takes its checkpoints with it; what matters there is that
+            // the failed save recreated nothing.
+            let previous = match (f.fault.contains("removed"), f.previous_intact) {
+                (true, true) => "nothing recreated",
+                (true, false) => "DIRECTORY RECREATED",
+                (false, true) => "previous checkpoint intact",
+                (false, false) => "previous checkpoint DAMAGED",
+            };
             format!(
-                "error: \"{}\"; previous checkpoint {}; temporary files left {}",
-                f.error.lines().next().unwrap_or(""),
-                if f.previous_intact { "intact" } else { "DAMAGED" },
+                "error: \"{}\"; {previous}; temporary files left {}",
+                f.error.lines().next().unwrap_or("").trim_start_matches("Error: "),
                 f.leftovers
             )
         } else {
