@@ -81,73 +81,47 @@ fn umount(at: &Path) {
 
 /// A save that fills a small filesystem (tmpfs of 2 MiB): ENOSPC.
 pub fn disk_full(base: &Path) -> Result<FaultOutcome> {
-    let mnt = base.join("small-fs");
-    if !mount_tmpfs(&mnt, "2m") {
-        return Ok(FaultOutcome {
-            fault: "full filesystem".into(),
-            ran: false,
-            error: String::new(),
-            previous_intact: true,
-            leftovers: 0,
-        });
-    }
-    let result = (|| -> Result<FaultOutcome> {
-        let (p, before) = previous(&mnt)?;
-        let raw = content::raw(2, 64);
-        let err = write_file(&p, &content::sources(&raw), None, &WriteOptions::new())
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
-        Ok(FaultOutcome {
-            fault: "full filesystem (2 MiB tmpfs, a 4.5 MiB save)".into(),
-            ran: true,
-            error: err,
-            previous_intact: intact(&p, &before),
-            leftovers: listing(&mnt).iter().filter(|n| is_leftover(n)).count(),
-        })
-    })();
-    umount(&mnt);
-    result
+    save_on_tmpfs(&base.join("small-fs"), "2m", false, 64, "full filesystem (2 MiB tmpfs, a 4.5 MiB save)")
 }
 
 /// A save into a filesystem remounted read-only: EROFS.
 pub fn read_only(base: &Path) -> Result<FaultOutcome> {
-    let mnt = base.join("ro-fs");
-    if !mount_tmpfs(&mnt, "8m") {
-        return Ok(FaultOutcome {
-            fault: "read-only filesystem".into(),
-            ran: false,
-            error: String::new(),
-            previous_intact: true,
-            leftovers: 0,
-        });
+    save_on_tmpfs(&base.join("ro-fs"), "8m", true, 1, "read-only filesystem (tmpfs remounted ro)")
+}
+
+/// Mounts a tmpfs of `size` at `mnt`, saves a previous checkpoint there, optionally remounts it
+/// read-only, then attempts a save of `scale`; reports the outcome (not run where mounting is not
+/// permitted).
+fn save_on_tmpfs(mnt: &Path, size: &str, read_only: bool, scale: usize, fault: &str) -> Result<FaultOutcome> {
+    let not_run = || FaultOutcome {
+        fault: fault.to_string(),
+        ran: false,
+        error: String::new(),
+        previous_intact: true,
+        leftovers: 0,
+    };
+    if !mount_tmpfs(mnt, size) {
+        return Ok(not_run());
     }
     let result = (|| -> Result<FaultOutcome> {
-        let (p, before) = previous(&mnt)?;
-        let ok = Command::new("mount").args(["-o", "remount,ro"]).arg(&mnt).status().is_ok_and(|s| s.success());
-        if !ok {
-            return Ok(FaultOutcome {
-                fault: "read-only filesystem".into(),
-                ran: false,
-                error: String::new(),
-                previous_intact: true,
-                leftovers: 0,
-            });
+        let (p, before) = previous(mnt)?;
+        if read_only && !Command::new("mount").args(["-o", "remount,ro"]).arg(mnt).status().is_ok_and(|s| s.success()) {
+            return Ok(not_run());
         }
-        let raw = content::raw(2, 1);
+        let raw = content::raw(2, scale);
         let err = write_file(&p, &content::sources(&raw), None, &WriteOptions::new())
             .err()
             .map(|e| e.to_string())
             .unwrap_or_default();
         Ok(FaultOutcome {
-            fault: "read-only filesystem (tmpfs remounted ro)".into(),
+            fault: fault.to_string(),
             ran: true,
             error: err,
             previous_intact: intact(&p, &before),
-            leftovers: listing(&mnt).iter().filter(|n| is_leftover(n)).count(),
+            leftovers: listing(mnt).iter().filter(|n| is_leftover(n)).count(),
         })
     })();
-    umount(&mnt);
+    umount(mnt);
     result
 }
 
