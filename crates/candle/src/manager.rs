@@ -6,7 +6,7 @@
 //! ```text
 //! run/
 //!   .lock                          held (flock) by the one process writing here; says who
-//!   ledger.json                    every complete checkpoint: step, epoch, file, metrics
+//!   ledger.json                    every complete checkpoint: step, epoch, file, metrics, checksums
 //!   ckpt-000000000120.safetensors  one checkpoint (or ckpt-000000000120/ for a sharded one)
 //! ```
 //!
