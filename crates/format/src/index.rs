@@ -26,6 +26,10 @@ pub struct ShardIndex {
     /// Tensor name to shard file name (relative to the index's directory).
     #[serde(deserialize_with = "unique_map")]
     pub weight_map: BTreeMap<String, String>,
+    /// Tensors stored as pieces across shards (multi-rank saves); see [`crate::split`]. Absent
+    /// from indexes where every tensor is whole, which other tools read as usual.
+    #[serde(default, rename = "safeckpt.split_tensors", skip_serializing_if = "BTreeMap::is_empty")]
+    pub split_tensors: BTreeMap<String, crate::split::SplitTensor>,
 }
 
 fn unique_map<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<BTreeMap<String, String>, D::Error> {
@@ -66,6 +70,7 @@ impl ShardIndex {
                 reason: format!("tensor `{name}` points at `{shard}`: {reason}"),
             })?;
         }
+        crate::split::validate(&index.split_tensors, &index.weight_map)?;
         Ok(index)
     }
 
@@ -73,7 +78,7 @@ impl ShardIndex {
     pub fn new(weight_map: BTreeMap<String, String>, total_size: u64) -> ShardIndex {
         let mut metadata = serde_json::Map::new();
         metadata.insert("total_size".into(), total_size.into());
-        ShardIndex { metadata, weight_map }
+        ShardIndex { metadata, weight_map, split_tensors: BTreeMap::new() }
     }
 
     /// The distinct shard files, sorted.

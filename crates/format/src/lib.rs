@@ -38,6 +38,8 @@ mod json;
     reason = "plans from the caller's own specs; every index is a position the planner created"
 )]
 mod layout;
+#[allow(clippy::indexing_slicing, reason = "every index is below a length checked against the tensor's rank first")]
+pub mod split;
 
 use std::borrow::Cow;
 

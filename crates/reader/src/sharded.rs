@@ -1,7 +1,7 @@
 //! Sharded sets: a HuggingFace `*.safetensors.index.json` and its shard files, seen as one
 //! namespace.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use safeckpt_format::ShardIndex;
@@ -24,6 +24,8 @@ pub struct ShardedReader {
     index: Option<ShardIndex>,
     shards: Vec<Reader>,
     routing: HashMap<String, usize>,
+    /// Stored tensors that are pieces of split tensors.
+    pieces: HashSet<String>,
 }
 
 impl ShardedReader {
@@ -40,7 +42,13 @@ impl ShardedReader {
         } else {
             let reader = Reader::open_with(path, opts)?;
             let routing = reader.tensors().map(|t| (t.name().to_string(), 0)).collect();
-            Ok(ShardedReader { path: path.to_path_buf(), index: None, shards: vec![reader], routing })
+            Ok(ShardedReader {
+                path: path.to_path_buf(),
+                index: None,
+                shards: vec![reader],
+                routing,
+                pieces: HashSet::new(),
+            })
         }
     }
 
@@ -106,7 +114,30 @@ impl ShardedReader {
                 )));
             }
         }
-        Ok(ShardedReader { path: path.to_path_buf(), index: Some(index), shards, routing })
+        // Pieces of split tensors: stored with the split's dtype and the piece's shape.
+        for (name, split) in &index.split_tensors {
+            let dtype = split.dtype().ok_or_else(|| err(format!("split tensor `{name}`: unknown dtype")))?;
+            if !dtype.bits().is_multiple_of(8) {
+                return Err(err(format!("split tensor `{name}`: {dtype} elements are smaller than a byte")));
+            }
+            for piece in &split.pieces {
+                let view = routing.get(&piece.tensor).and_then(|&i| shards[i].get(&piece.tensor));
+                let Some(view) = view else {
+                    return Err(err(format!("split tensor `{name}`: piece `{}` is in no shard", piece.tensor)));
+                };
+                if view.dtype() != dtype || view.shape() != piece.shape.as_slice() {
+                    return Err(err(format!(
+                        "split tensor `{name}`: piece `{}` is stored as {} {:?}, the index says {dtype} {:?}",
+                        piece.tensor,
+                        view.dtype(),
+                        view.shape(),
+                        piece.shape
+                    )));
+                }
+            }
+        }
+        let pieces = index.split_tensors.values().flat_map(|s| s.pieces.iter().map(|p| p.tensor.clone())).collect();
+        Ok(ShardedReader { path: path.to_path_buf(), index: Some(index), shards, routing, pieces })
     }
 
     /// The index or file path this was opened from.
@@ -117,6 +148,10 @@ impl ShardedReader {
     /// The index, when opened from one.
     pub fn index(&self) -> Option<&ShardIndex> {
         self.index.as_ref()
+    }
+
+    pub(crate) fn pieces(&self) -> &HashSet<String> {
+        &self.pieces
     }
 
     /// The shard readers (a single one for a plain file).

@@ -28,6 +28,7 @@ pub mod atomic;
 mod error;
 mod file;
 mod options;
+pub mod rank;
 mod shard;
 
 pub use error::{Result, WriteError};

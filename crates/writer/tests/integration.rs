@@ -4,6 +4,7 @@ mod atomicity;
 mod common;
 mod golden;
 mod python;
+mod ranks;
 mod round_trip;
 mod sharding;
 mod streaming;
