@@ -85,6 +85,9 @@ pub fn inspect_safetensors(path: &Path, as_json: bool) -> Result<String> {
         if let Some(index) = set.index() {
             doc["shards"] = json!(index.shards());
             doc["index_metadata"] = Value::Object(index.metadata.clone());
+            if !index.split_tensors.is_empty() {
+                doc["split_tensors"] = json!(index.split_tensors);
+            }
         }
         return Ok(serde_json::to_string_pretty(&doc)? + "\n");
     }
@@ -162,6 +165,16 @@ pub fn inspect_safetensors(path: &Path, as_json: bool) -> Result<String> {
         writeln!(out, "\nby dtype:")?;
         for (d, (n, b, count)) in &by_dtype {
             writeln!(out, "  {d:<11} {:>6} tensors  {:>16} parameters  {:>10}", count, thousands(*n), human_bytes(*b))?;
+        }
+    }
+    let split: Vec<_> = set.split_tensors().collect();
+    if !split.is_empty() {
+        writeln!(out, "\nsplit tensors (stored as the pieces above; readers and `safeckpt merge` assemble them):")?;
+        let w = split.iter().map(|(n, _)| n.chars().count()).max().unwrap_or(0).max(4);
+        for (name, t) in split {
+            let shape = t.shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ");
+            let pad = " ".repeat(w - name.chars().count());
+            writeln!(out, "  {name}{pad}  {:<5}  [{shape}]  {} pieces", t.dtype, t.pieces.len())?;
         }
     }
     Ok(out)

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use safeckpt_format::Metadata;
-use safeckpt_reader::{ShardedReader, TensorView};
+use safeckpt_reader::{GlobalSource, ShardedReader};
 use safeckpt_writer::{WriteOptions, parse_size, write_file_with_progress, write_sharded};
 
 use crate::util::{human_bytes, human_duration, progress_bar};
@@ -24,8 +24,9 @@ fn merged_metadata(set: &ShardedReader) -> Option<Metadata> {
     out
 }
 
-fn views(set: &ShardedReader) -> Vec<(&str, TensorView<'_>)> {
-    set.tensors().map(|t| (t.name(), t)).collect()
+/// The set's tensors as the saving program saw them: split tensors (multi-rank saves) assembled.
+fn views(set: &ShardedReader) -> Vec<(&str, GlobalSource<'_>)> {
+    set.global_sources()
 }
 
 /// Splits a file or set into shards of at most `max` bytes.
@@ -50,7 +51,7 @@ pub fn shard(input: &Path, max: &str, out_dir: &Path, prefix: &str, opts: &Write
     Ok(())
 }
 
-/// Joins a sharded set into one file.
+/// Joins a sharded set into one file; tensors split across ranks are assembled whole.
 pub fn merge(index: &Path, out: &Path, opts: &WriteOptions, quiet: bool) -> Result<PathBuf> {
     let start = Instant::now();
     let set = ShardedReader::open(index)?;

@@ -278,3 +278,37 @@ fn convert_pytorch_files() {
     assert_eq!(doc["format"], "legacy torch file");
     assert_eq!(doc["tensor_count"], 6);
 }
+
+#[test]
+fn a_multi_rank_save_inspects_and_merges_whole() {
+    use safeckpt_format::{Dtype, RawTensor};
+    use safeckpt_writer::rank::{RankTensor, commit_ranks, save_rank};
+    let dir = tempfile::tempdir().unwrap();
+    let ckpt = dir.path().join("ckpt");
+    let opts = safeckpt_writer::WriteOptions::new().fsync(false);
+    // A 4x3 u8 matrix whose rows are split between two ranks; rank 0 also holds a whole tensor.
+    let global: Vec<u8> = (0..12).collect();
+    for rank in 0..2 {
+        let rows = global[rank * 6..rank * 6 + 6].to_vec();
+        let mut tensors =
+            vec![RankTensor::piece("w", RawTensor::owned(Dtype::U8, vec![2, 3], rows), vec![4, 3], vec![rank * 2, 0])];
+        if rank == 0 {
+            tensors.push(RankTensor::whole("b", RawTensor::owned(Dtype::U8, vec![3], vec![7, 8, 9])));
+        }
+        save_rank(&ckpt, "model", rank, 2, "s1", &tensors, None, &opts).unwrap();
+    }
+    let index = commit_ranks(&ckpt, "model", 2, "s1", std::time::Duration::from_secs(5), &opts).unwrap();
+    let o = run(&["inspect", index.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("split tensors") && text(&o).contains("  w     U8     [4, 3]  2 pieces"), "{}", text(&o));
+    let merged = dir.path().join("merged.safetensors");
+    let o = run(&["merge", index.to_str().unwrap(), "-o", merged.to_str().unwrap(), "--no-fsync"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let r = safeckpt_reader::Reader::open(&merged).unwrap();
+    assert_eq!(r.names(), ["b", "w"]);
+    assert_eq!(r.tensor("w").unwrap().shape(), [4, 3]);
+    assert_eq!(r.tensor("w").unwrap().data(), global.as_slice());
+    assert_eq!(r.tensor("b").unwrap().data(), [7, 8, 9]);
+    let o = run(&["verify", index.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+}

@@ -2,10 +2,11 @@
 //! reads of any rectangular region of them: what a rank asks for when it loads a checkpoint saved
 //! by a different number of ranks. Only the bytes of the region are touched.
 
+use std::borrow::Cow;
 use std::ops::Range;
 
-use safeckpt_format::Dtype;
 use safeckpt_format::split::SplitTensor;
+use safeckpt_format::{Dtype, TensorSource};
 
 use crate::error::{ReadError, Result};
 use crate::sharded::ShardedReader;
@@ -53,6 +54,33 @@ impl GlobalTensor<'_> {
     }
 }
 
+/// A global tensor as a [`TensorSource`] for writers: a whole tensor lends its bytes, a split one
+/// is assembled from its pieces when its data is asked for.
+#[derive(Debug, Clone, Copy)]
+pub struct GlobalSource<'a> {
+    set: &'a ShardedReader,
+    tensor: GlobalTensor<'a>,
+}
+
+impl TensorSource for GlobalSource<'_> {
+    fn dtype(&self) -> Dtype {
+        self.tensor.dtype()
+    }
+
+    fn shape(&self) -> &[usize] {
+        self.tensor.shape()
+    }
+
+    fn data(&self) -> Cow<'_, [u8]> {
+        match self.tensor {
+            GlobalTensor::Whole(v) => Cow::Borrowed(v.data()),
+            // The set was validated when opened, so assembling cannot fail; an empty buffer would
+            // be refused by the writer's length check.
+            GlobalTensor::Split(name, _) => Cow::Owned(self.set.read_global(name).unwrap_or_default()),
+        }
+    }
+}
+
 /// The part of a dimension of length `len` that rank `rank` of `world` holds when it is cut into
 /// `world` chunks the way `torch.chunk` and a sharded `DTensor` cut it: chunks of
 /// `ceil(len / world)`, the last ones shorter or empty.
@@ -91,6 +119,20 @@ impl ShardedReader {
         v.extend(self.split_tensors().map(|(n, _)| n));
         v.sort_unstable();
         v
+    }
+
+    /// Every global tensor as a writer source: whole tensors in file order, then split tensors by
+    /// name. What `merge` and `shard` write.
+    pub fn global_sources(&self) -> Vec<(&str, GlobalSource<'_>)> {
+        let mut out: Vec<(&str, GlobalSource<'_>)> = self
+            .tensors()
+            .filter(|t| !self.is_piece(t.name()))
+            .map(|t| (t.name(), GlobalSource { set: self, tensor: GlobalTensor::Whole(t) }))
+            .collect();
+        out.extend(
+            self.split_tensors().map(|(n, s)| (n, GlobalSource { set: self, tensor: GlobalTensor::Split(n, s) })),
+        );
+        out
     }
 
     /// The bytes of `region` (one range per dimension) of the global tensor `name`, row-major.

@@ -9,7 +9,7 @@
 //! one dtype and shape), writes `<prefix>.safetensors.index.json` (the commit: until it exists,
 //! nothing is visible), and removes the markers. The index lists every stored tensor in
 //! `weight_map`, so the set opens as an ordinary sharded set; split tensors are described in its
-//! `safeckpt.split_tensors` section (docs/format.md §10), and readers assemble any region of them.
+//! `safeckpt.split_tensors` section (docs/format.md §9), and readers assemble any region of them.
 //!
 //! ```no_run
 //! use std::time::Duration;
