@@ -180,6 +180,73 @@ fn check_no_overlap(name: &str, t: &SplitTensor) -> Result<()> {
     Ok(())
 }
 
+/// One contiguous run of a box copy: `len` bytes from `src` to `dst` (byte offsets).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Run {
+    /// Offset in the source tensor's bytes.
+    pub src: usize,
+    /// Offset in the destination tensor's bytes.
+    pub dst: usize,
+    /// Bytes.
+    pub len: usize,
+}
+
+/// The contiguous runs that copy the box of `extent` elements (of `elem` bytes) at `src_at` in a
+/// row-major tensor of `src_shape` to `dst_at` in a row-major tensor of `dst_shape`, in row-major
+/// order of the box. Trailing dimensions that both sides hold whole merge into longer runs, so a
+/// box of whole rows is one run. The caller guarantees the box fits both tensors.
+pub fn box_runs(
+    elem: usize,
+    src_shape: &[usize],
+    src_at: &[usize],
+    dst_shape: &[usize],
+    dst_at: &[usize],
+    extent: &[usize],
+) -> Vec<Run> {
+    let rank = extent.len();
+    if extent.contains(&0) {
+        return Vec::new();
+    }
+    if rank == 0 {
+        return vec![Run { src: 0, dst: 0, len: elem }];
+    }
+    // Runs start at dimension `k`: every later dimension is whole on both sides.
+    let mut k = rank - 1;
+    while k > 0 && extent[k] == src_shape[k] && extent[k] == dst_shape[k] {
+        k -= 1;
+    }
+    let len = extent[k..].iter().product::<usize>() * elem;
+    let strides = |shape: &[usize]| {
+        let mut s = vec![elem; shape.len()];
+        for d in (0..shape.len() - 1).rev() {
+            s[d] = s[d + 1] * shape[d + 1];
+        }
+        s
+    };
+    let (ss, ds) = (strides(src_shape), strides(dst_shape));
+    let count: usize = extent[..k].iter().product();
+    let mut out = Vec::with_capacity(count);
+    let mut idx = vec![0usize; k];
+    loop {
+        let src: usize = (0..=k).map(|d| (src_at[d] + idx.get(d).copied().unwrap_or(0)) * ss[d]).sum();
+        let dst: usize = (0..=k).map(|d| (dst_at[d] + idx.get(d).copied().unwrap_or(0)) * ds[d]).sum();
+        out.push(Run { src, dst, len });
+        // Odometer over the dimensions before `k`.
+        let mut d = k;
+        loop {
+            if d == 0 {
+                return out;
+            }
+            d -= 1;
+            idx[d] += 1;
+            if idx[d] < extent[d] {
+                break;
+            }
+            idx[d] = 0;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

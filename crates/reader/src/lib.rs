@@ -42,7 +42,7 @@ pub use file::{ReadOptions, Reader};
 pub use load::{LoadMethod, LoadOptions, OwnedData, OwnedTensor, alloc_zeroed};
 pub use mapped::MappedFile;
 pub use memmap2::Advice;
-pub use region::{GlobalSource, GlobalTensor, chunk_range};
+pub use region::{GlobalSource, GlobalTensor, check_split_pieces, chunk_range};
 pub use safeckpt_format as format;
 pub use sharded::ShardedReader;
 pub use verify::{IntegrityFailure, VerifyReport};

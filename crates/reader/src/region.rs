@@ -5,8 +5,8 @@
 use std::borrow::Cow;
 use std::ops::Range;
 
-use safeckpt_format::split::SplitTensor;
-use safeckpt_format::{Dtype, TensorSource};
+use safeckpt_format::split::{SplitTensor, box_runs};
+use safeckpt_format::{Dtype, ShardIndex, TensorSource};
 
 use crate::error::{ReadError, Result};
 use crate::sharded::ShardedReader;
@@ -79,6 +79,33 @@ impl TensorSource for GlobalSource<'_> {
             GlobalTensor::Split(name, _) => Cow::Owned(self.set.read_global(name).unwrap_or_default()),
         }
     }
+}
+
+/// Checks the pieces of an index's split tensors against the stored tensors (`lookup` gives a
+/// stored tensor's dtype and shape): each piece stored, with the split's dtype and the piece's
+/// shape, and no dtype smaller than a byte. The index itself was validated when parsed.
+pub fn check_split_pieces(
+    index: &ShardIndex,
+    lookup: impl Fn(&str) -> Option<(Dtype, Vec<usize>)>,
+) -> std::result::Result<(), String> {
+    for (name, split) in &index.split_tensors {
+        let dtype = split.dtype().ok_or_else(|| format!("split tensor `{name}`: unknown dtype"))?;
+        if !dtype.bits().is_multiple_of(8) {
+            return Err(format!("split tensor `{name}`: {dtype} elements are smaller than a byte"));
+        }
+        for piece in &split.pieces {
+            let Some((d, shape)) = lookup(&piece.tensor) else {
+                return Err(format!("split tensor `{name}`: piece `{}` is in no shard", piece.tensor));
+            };
+            if d != dtype || shape != piece.shape {
+                return Err(format!(
+                    "split tensor `{name}`: piece `{}` is stored as {d} {shape:?}, the index says {dtype} {:?}",
+                    piece.tensor, piece.shape
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The part of a dimension of length `len` that rank `rank` of `world` holds when it is cut into
@@ -223,8 +250,7 @@ fn region_bytes(g: &GlobalTensor<'_>, region: &[Range<usize>]) -> Result<usize> 
 }
 
 /// Copies the box of `extent` elements at `src_at` in a row-major `src` of `src_shape` to `dst_at`
-/// in a row-major `dst` of `dst_shape`. Trailing dimensions that both sides hold whole are merged
-/// into one contiguous run.
+/// in a row-major `dst` of `dst_shape`.
 #[allow(clippy::too_many_arguments)]
 fn copy_box(
     elem: usize,
@@ -236,46 +262,8 @@ fn copy_box(
     dst_at: &[usize],
     extent: &[usize],
 ) {
-    let rank = extent.len();
-    if extent.contains(&0) {
-        return;
-    }
-    if rank == 0 {
-        dst[..elem].copy_from_slice(&src[..elem]);
-        return;
-    }
-    // The run starts at dimension `k`: every later dimension is whole on both sides.
-    let mut k = rank - 1;
-    while k > 0 && extent[k] == src_shape[k] && extent[k] == dst_shape[k] {
-        k -= 1;
-    }
-    let run = extent[k..].iter().product::<usize>() * elem;
-    let strides = |shape: &[usize]| {
-        let mut s = vec![elem; shape.len()];
-        for d in (0..shape.len() - 1).rev() {
-            s[d] = s[d + 1] * shape[d + 1];
-        }
-        s
-    };
-    let (ss, ds) = (strides(src_shape), strides(dst_shape));
-    let mut idx = vec![0usize; k];
-    loop {
-        let so: usize = (0..=k).map(|d| (src_at[d] + idx.get(d).copied().unwrap_or(0)) * ss[d]).sum();
-        let doff: usize = (0..=k).map(|d| (dst_at[d] + idx.get(d).copied().unwrap_or(0)) * ds[d]).sum();
-        dst[doff..doff + run].copy_from_slice(&src[so..so + run]);
-        // Odometer over the dimensions before `k`.
-        let mut d = k;
-        loop {
-            if d == 0 {
-                return;
-            }
-            d -= 1;
-            idx[d] += 1;
-            if idx[d] < extent[d] {
-                break;
-            }
-            idx[d] = 0;
-        }
+    for r in box_runs(elem, src_shape, src_at, dst_shape, dst_at, extent) {
+        dst[r.dst..r.dst + r.len].copy_from_slice(&src[r.src..r.src + r.len]);
     }
 }
 

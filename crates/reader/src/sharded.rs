@@ -114,28 +114,11 @@ impl ShardedReader {
                 )));
             }
         }
-        // Pieces of split tensors: stored with the split's dtype and the piece's shape.
-        for (name, split) in &index.split_tensors {
-            let dtype = split.dtype().ok_or_else(|| err(format!("split tensor `{name}`: unknown dtype")))?;
-            if !dtype.bits().is_multiple_of(8) {
-                return Err(err(format!("split tensor `{name}`: {dtype} elements are smaller than a byte")));
-            }
-            for piece in &split.pieces {
-                let view = routing.get(&piece.tensor).and_then(|&i| shards[i].get(&piece.tensor));
-                let Some(view) = view else {
-                    return Err(err(format!("split tensor `{name}`: piece `{}` is in no shard", piece.tensor)));
-                };
-                if view.dtype() != dtype || view.shape() != piece.shape.as_slice() {
-                    return Err(err(format!(
-                        "split tensor `{name}`: piece `{}` is stored as {} {:?}, the index says {dtype} {:?}",
-                        piece.tensor,
-                        view.dtype(),
-                        view.shape(),
-                        piece.shape
-                    )));
-                }
-            }
-        }
+        crate::region::check_split_pieces(&index, |name| {
+            let view = routing.get(name).and_then(|&i| shards[i].get(name))?;
+            Some((view.dtype(), view.shape().to_vec()))
+        })
+        .map_err(err)?;
         let pieces = index.split_tensors.values().flat_map(|s| s.pieces.iter().map(|p| p.tensor.clone())).collect();
         Ok(ShardedReader { path: path.to_path_buf(), index: Some(index), shards, routing, pieces })
     }

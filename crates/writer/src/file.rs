@@ -34,8 +34,10 @@ fn fmt_err(path: &Path) -> impl Fn(safeckpt_format::FormatError) -> WriteError +
     move |source| WriteError::Format { path: path.to_path_buf(), source }
 }
 
-/// Plans a file, checking that every source's byte length agrees with its dtype and shape.
-pub(crate) fn plan<S: TensorSource>(
+/// Plans a file, checking that every source's byte length agrees with its dtype and shape. `path`
+/// names the file in errors. Writers to other media (object stores) use the plan to stream the
+/// file in order.
+pub fn plan_layout<S: TensorSource>(
     path: &Path,
     tensors: &[(impl AsRef<str>, S)],
     metadata: Option<Metadata>,
@@ -166,7 +168,7 @@ pub(crate) fn stage<S: TensorSource>(
     opts: &WriteOptions,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<Staged> {
-    let layout = plan(path, tensors, metadata, opts)?;
+    let layout = plan_layout(path, tensors, metadata, opts)?;
     let tmp = AtomicFile::create(path, opts.overwrite)?;
     let file = tmp.file();
     file.set_len(layout.total_len()).map_err(|e| WriteError::io(tmp.temp_path(), e))?;

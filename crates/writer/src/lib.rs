@@ -33,7 +33,8 @@ mod shard;
 
 pub use error::{Result, WriteError};
 pub use file::{
-    PendingFile, StreamWriter, TensorWriter, WriteSummary, write_file, write_file_pending, write_file_with_progress,
+    PendingFile, StreamWriter, TensorWriter, WriteSummary, plan_layout, write_file, write_file_pending,
+    write_file_with_progress,
 };
 pub use options::WriteOptions;
 pub use safeckpt_format as format;

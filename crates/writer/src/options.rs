@@ -64,7 +64,8 @@ impl WriteOptions {
         self.fsync
     }
 
-    pub(crate) fn layout(&self) -> LayoutOptions {
+    /// The layout these options ask for (checksums, data alignment).
+    pub fn layout(&self) -> LayoutOptions {
         LayoutOptions { checksums: self.checksums, data_alignment: self.data_alignment }
     }
 }
