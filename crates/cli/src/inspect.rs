@@ -5,8 +5,10 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use anyhow::Result;
-use safeckpt_format::{INTEGRITY_KEY, Integrity, Metadata};
+use safeckpt_format::split::SplitTensor;
+use safeckpt_format::{Header, INTEGRITY_KEY, Integrity, Metadata, ShardIndex};
 use safeckpt_reader::ShardedReader;
+use safeckpt_store::RemoteSet;
 use serde_json::{Value, json};
 
 use crate::util::{human_bytes, natural_cmp, thousands};
@@ -21,18 +23,55 @@ struct Row<'a> {
     shard: Option<String>,
 }
 
+/// What inspect needs of a set, local or remote: its index and each shard's name and header.
+pub struct SetHeaders<'a> {
+    /// The file or index, as given.
+    pub path: String,
+    /// The index, for a sharded set.
+    pub index: Option<&'a ShardIndex>,
+    /// Each shard's file name and header.
+    pub shards: Vec<(String, &'a Header)>,
+}
+
+impl<'a> SetHeaders<'a> {
+    /// The headers of a local file or set.
+    pub fn local(path: &Path, set: &'a ShardedReader) -> Self {
+        let shards = set
+            .shards()
+            .iter()
+            .map(|r| (r.path().file_name().unwrap_or_default().to_string_lossy().into_owned(), r.header()))
+            .collect();
+        SetHeaders { path: path.display().to_string(), index: set.index(), shards }
+    }
+
+    /// The headers of a remote file or set.
+    pub fn remote(set: &'a RemoteSet) -> Self {
+        let shards = set.shards().iter().map(|f| (f.location().file_name(), f.header())).collect();
+        SetHeaders { path: set.location().url(), index: set.index(), shards }
+    }
+
+    fn split_tensors(&self) -> Vec<(&'a str, &'a SplitTensor)> {
+        self.index.map(|i| i.split_tensors.iter().map(|(k, v)| (k.as_str(), v)).collect()).unwrap_or_default()
+    }
+}
+
 /// Renders the report for a safetensors file or index.
 pub fn inspect_safetensors(path: &Path, as_json: bool) -> Result<String> {
     let set = ShardedReader::open(path)?;
-    let sharded = set.index().is_some();
-    let mut rows: Vec<Row<'_>> = Vec::with_capacity(set.len());
+    render(&SetHeaders::local(path, &set), as_json)
+}
+
+/// Renders the report from headers.
+pub fn render(set: &SetHeaders<'_>, as_json: bool) -> Result<String> {
+    let path = &set.path;
+    let sharded = set.index.is_some();
+    let mut rows: Vec<Row<'_>> = Vec::new();
     let mut header_bytes = 0u64;
     let mut file_bytes = 0u64;
-    for shard in set.shards() {
-        let h = shard.header();
+    for (name, h) in &set.shards {
         header_bytes += h.data_start() as u64;
         file_bytes += h.total_len();
-        let shard_name = sharded.then(|| shard.path().file_name().unwrap_or_default().to_string_lossy().into_owned());
+        let shard_name = sharded.then(|| name.clone());
         for t in h.tensors() {
             rows.push(Row {
                 name: &t.name,
@@ -45,16 +84,18 @@ pub fn inspect_safetensors(path: &Path, as_json: bool) -> Result<String> {
         }
     }
     rows.sort_by(|a, b| natural_cmp(a.name, b.name));
-    let params: u64 = set.tensors().map(|t| t.numel() as u64).sum();
-    let data_bytes = set.data_len();
-    let metadata: Metadata = set.shards().first().and_then(|s| s.metadata().cloned()).unwrap_or_default();
+    let all = || set.shards.iter().flat_map(|(_, h)| h.tensors());
+    let params: u64 = all().map(|t| t.numel() as u64).sum();
+    let data_bytes: u64 = set.shards.iter().map(|(_, h)| h.data_len() as u64).sum();
+    let metadata: Metadata = set.shards.first().and_then(|(_, h)| h.metadata().cloned()).unwrap_or_default();
     let checksummed =
-        set.shards().iter().filter(|s| s.metadata().is_some_and(|m| m.contains_key(INTEGRITY_KEY))).count();
+        set.shards.iter().filter(|(_, h)| h.metadata().is_some_and(|m| m.contains_key(INTEGRITY_KEY))).count();
+    let n_shards = set.shards.len();
     let mut by_dtype: BTreeMap<&str, (u64, u64, usize)> = BTreeMap::new();
-    for t in set.tensors() {
-        let e = by_dtype.entry(t.dtype().as_str()).or_default();
+    for t in all() {
+        let e = by_dtype.entry(t.dtype.as_str()).or_default();
         e.0 += t.numel() as u64;
-        e.1 += t.data().len() as u64;
+        e.1 += t.byte_len() as u64;
         e.2 += 1;
     }
 
@@ -71,7 +112,7 @@ pub fn inspect_safetensors(path: &Path, as_json: bool) -> Result<String> {
             })
             .collect();
         let mut doc = json!({
-            "path": path.display().to_string(),
+            "path": path,
             "format": if sharded { "safetensors-sharded" } else { "safetensors" },
             "tensors": tensors,
             "tensor_count": rows.len(),
@@ -80,9 +121,9 @@ pub fn inspect_safetensors(path: &Path, as_json: bool) -> Result<String> {
             "header_bytes": header_bytes,
             "file_bytes": file_bytes,
             "metadata": metadata,
-            "checksums": checksummed == set.shards().len() && !set.shards().is_empty(),
+            "checksums": checksummed == n_shards && n_shards > 0,
         });
-        if let Some(index) = set.index() {
+        if let Some(index) = set.index {
             doc["shards"] = json!(index.shards());
             doc["index_metadata"] = Value::Object(index.metadata.clone());
             if !index.split_tensors.is_empty() {
@@ -93,11 +134,11 @@ pub fn inspect_safetensors(path: &Path, as_json: bool) -> Result<String> {
     }
 
     let mut out = String::new();
-    let kind = match set.index() {
+    let kind = match set.index {
         Some(i) => format!("sharded safetensors, {} shards", i.shards().len()),
         None => "safetensors".to_string(),
     };
-    writeln!(out, "{}  ({kind})", path.display())?;
+    writeln!(out, "{path}  ({kind})")?;
     writeln!(
         out,
         "{} tensors, {} parameters, {} of data, {} of headers, {} on disk",
@@ -107,12 +148,12 @@ pub fn inspect_safetensors(path: &Path, as_json: bool) -> Result<String> {
         human_bytes(header_bytes),
         human_bytes(file_bytes)
     )?;
-    let checks = if set.shards().is_empty() || checksummed == 0 {
+    let checks = if n_shards == 0 || checksummed == 0 {
         "none recorded (structure validated)".to_string()
-    } else if checksummed == set.shards().len() {
+    } else if checksummed == n_shards {
         "xxh3-64 per tensor and header (run `safeckpt verify` to check)".to_string()
     } else {
-        format!("recorded in {checksummed} of {} shards", set.shards().len())
+        format!("recorded in {checksummed} of {n_shards} shards")
     };
     writeln!(out, "checksums: {checks}")?;
     if !metadata.is_empty() {
@@ -167,7 +208,7 @@ pub fn inspect_safetensors(path: &Path, as_json: bool) -> Result<String> {
             writeln!(out, "  {d:<11} {:>6} tensors  {:>16} parameters  {:>10}", count, thousands(*n), human_bytes(*b))?;
         }
     }
-    let split: Vec<_> = set.split_tensors().collect();
+    let split = set.split_tensors();
     if !split.is_empty() {
         writeln!(out, "\nsplit tensors (stored as the pieces above; readers and `safeckpt merge` assemble them):")?;
         let w = split.iter().map(|(n, _)| n.chars().count()).max().unwrap_or(0).max(4);

@@ -5,6 +5,7 @@
 mod demo;
 mod diff;
 mod inspect;
+mod remote;
 mod reshard;
 mod torch_cmd;
 mod train;
@@ -25,6 +26,10 @@ use crate::util::{EXIT_OK, exit_code};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// S3-compatible endpoint for `s3://` URLs (default: `AWS_ENDPOINT_URL`, else AWS).
+    /// Credentials come from `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` and are never printed.
+    #[arg(long, global = true, value_name = "URL")]
+    endpoint: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -164,17 +169,38 @@ impl WriteArgs {
 }
 
 fn run(cli: Cli) -> Result<i32> {
+    let store = remote::store_options(cli.endpoint.as_deref());
     match cli.command {
         Command::Inspect { path, json } => {
-            let text = if torch_cmd::is_torch_file(&path) {
-                torch_cmd::inspect(&path, json)?
-            } else {
-                inspect::inspect_safetensors(&path, json)?
+            let text = match remote::location(&path, &store)? {
+                safeckpt_store::Location::Object(o) if !torch_cmd::is_torch_file(&path) => {
+                    let set = safeckpt_store::RemoteSet::open(&o)?;
+                    let mut text = inspect::render(&inspect::SetHeaders::remote(&set), json)?;
+                    if !json {
+                        let s = o.store.stats();
+                        text.push_str(&format!(
+                            "\n(read {} of headers in {} requests; no tensor data)\n",
+                            util::human_bytes(s.bytes_in),
+                            s.gets
+                        ));
+                    }
+                    text
+                }
+                _ => {
+                    let input = remote::local_input(&path, &store, true)?;
+                    if torch_cmd::is_torch_file(&input.path) {
+                        torch_cmd::inspect(&input.path, json)?
+                    } else {
+                        inspect::inspect_safetensors(&input.path, json)?
+                    }
+                }
             };
             print!("{text}");
             Ok(EXIT_OK)
         }
         Command::Convert { input, output, key, dtype, keep_aliases, max_shard_size, write } => {
+            let input = remote::local_input(&input, &store, write.quiet)?;
+            let out = remote::output(&output, &store, write.force)?;
             let args = torch_cmd::ConvertArgs {
                 key: key.as_deref(),
                 dtype: dtype.as_deref(),
@@ -183,25 +209,35 @@ fn run(cli: Cli) -> Result<i32> {
                 write: write.options(),
                 quiet: write.quiet,
             };
-            torch_cmd::convert(&input, &output, &args)?;
+            torch_cmd::convert(&input.path, &out.path, &args)?;
+            out.publish(write.quiet)?;
             Ok(EXIT_OK)
         }
         Command::Verify { path, json, quiet, require_checksums } => {
-            verify::verify(&path, json, quiet, require_checksums)
+            verify::verify(&path, &store, json, quiet, require_checksums)
         }
         Command::Shard { input, max_shard_size, output, prefix, write } => {
-            reshard::shard(&input, &max_shard_size, &output, &prefix, &write.options(), write.quiet)?;
+            let input = remote::local_input(&input, &store, write.quiet)?;
+            let out = remote::output(&output, &store, write.force)?;
+            reshard::shard(&input.path, &max_shard_size, &out.path, &prefix, &write.options(), write.quiet)?;
+            out.publish(write.quiet)?;
             Ok(EXIT_OK)
         }
         Command::Merge { index, output, write } => {
-            reshard::merge(&index, &output, &write.options(), write.quiet)?;
+            let input = remote::local_input(&index, &store, write.quiet)?;
+            let out = remote::output(&output, &store, write.force)?;
+            reshard::merge(&input.path, &out.path, &write.options(), write.quiet)?;
+            out.publish(write.quiet)?;
             Ok(EXIT_OK)
         }
         Command::Demo { dir, epochs, stop_after_epoch, seed, quiet } => {
             demo::run(dir.as_deref(), &train::TrainArgs { epochs, stop_after_epoch, seed, quiet })?;
             Ok(EXIT_OK)
         }
-        Command::Diff { a, b, atol, all_metadata } => diff::diff(&a, &b, atol, all_metadata),
+        Command::Diff { a, b, atol, all_metadata } => {
+            let (la, lb) = (remote::local_input(&a, &store, true)?, remote::local_input(&b, &store, true)?);
+            diff::diff(&la.path, &lb.path, atol, all_metadata)
+        }
     }
 }
 

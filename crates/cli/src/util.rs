@@ -42,6 +42,14 @@ pub fn exit_code(err: &anyhow::Error) -> i32 {
                 _ => EXIT_BAD_INPUT,
             };
         }
+        if let Some(e) = cause.downcast_ref::<safeckpt_store::StoreError>() {
+            return match e {
+                safeckpt_store::StoreError::Write(WriteError::Io { .. }) => EXIT_FAILURE,
+                safeckpt_store::StoreError::Write(_) => EXIT_BAD_INPUT,
+                e if e.is_bad_input() => EXIT_BAD_INPUT,
+                _ => EXIT_FAILURE,
+            };
+        }
     }
     EXIT_FAILURE
 }

@@ -5,19 +5,34 @@ use std::time::Instant;
 
 use anyhow::Result;
 use safeckpt_reader::ShardedReader;
+use safeckpt_store::{Location, RemoteSet, StoreOptions};
 use serde_json::json;
 
+use crate::remote::location;
 use crate::util::{EXIT_FAILURE, EXIT_OK, Exit, human_bytes, human_duration, progress_bar};
 
 /// Verifies a file or set; returns the exit status (0 sound, 1 checksum failure, or a file
 /// without checksums when they are required). Structural problems surface as errors (exit 2)
 /// from opening.
-pub fn verify(path: &Path, as_json: bool, quiet: bool, require_checksums: bool) -> Result<i32> {
+pub fn verify(path: &Path, opts: &StoreOptions, as_json: bool, quiet: bool, require_checksums: bool) -> Result<i32> {
     let start = Instant::now();
-    let set = ShardedReader::open(path)?;
-    let pb = if quiet || as_json { indicatif::ProgressBar::hidden() } else { progress_bar(set.data_len(), "verify") };
-    let reports = set.verify_with_progress(&|n| pb.inc(n))?;
-    pb.finish_and_clear();
+    let hidden = quiet || as_json;
+    let (shown, reports, tensors) = match location(path, opts)? {
+        Location::Local(p) => {
+            let set = ShardedReader::open(&p)?;
+            let pb = if hidden { indicatif::ProgressBar::hidden() } else { progress_bar(set.data_len(), "verify") };
+            let reports = set.verify_with_progress(&|n| pb.inc(n))?;
+            pb.finish_and_clear();
+            (p.display().to_string(), reports, set.len())
+        }
+        Location::Object(o) => {
+            let set = RemoteSet::open(&o)?;
+            let pb = if hidden { indicatif::ProgressBar::hidden() } else { progress_bar(set.data_len(), "verify") };
+            let reports = set.verify_with_progress(&|n| pb.inc(n))?;
+            pb.finish_and_clear();
+            (o.url(), reports, set.names().len())
+        }
+    };
     let elapsed = start.elapsed();
     let mut failures: Vec<String> =
         reports.iter().flat_map(|r| r.failures.iter().map(move |f| format!("{}: {f}", r.path.display()))).collect();
@@ -33,11 +48,11 @@ pub fn verify(path: &Path, as_json: bool, quiet: bool, require_checksums: bool) 
     let bytes: u64 = reports.iter().map(|r| r.bytes_checked).sum();
     if as_json {
         let doc = json!({
-            "path": path.display().to_string(),
+            "path": shown,
             "ok": failures.is_empty(),
             "files": reports.len(),
             "files_with_checksums": with_sums,
-            "tensors": set.len(),
+            "tensors": tensors,
             "bytes_checked": bytes,
             "failures": failures,
             "seconds": elapsed.as_secs_f64(),
@@ -60,8 +75,8 @@ pub fn verify(path: &Path, as_json: bool, quiet: bool, require_checksums: bool) 
             };
             println!(
                 "OK  {}: {} tensors in {} file(s), {what} in {}",
-                path.display(),
-                set.len(),
+                shown,
+                tensors,
                 reports.len(),
                 human_duration(elapsed)
             );
@@ -70,7 +85,7 @@ pub fn verify(path: &Path, as_json: bool, quiet: bool, require_checksums: bool) 
         for f in &failures {
             eprintln!("FAILED  {f}");
         }
-        return Err(Exit(EXIT_FAILURE, format!("{}: {} integrity failure(s)", path.display(), failures.len())).into());
+        return Err(Exit(EXIT_FAILURE, format!("{shown}: {} integrity failure(s)", failures.len())).into());
     }
     Ok(EXIT_OK)
 }

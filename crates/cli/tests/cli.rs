@@ -312,3 +312,55 @@ fn a_multi_rank_save_inspects_and_merges_whole() {
     let o = run(&["verify", index.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
 }
+
+#[path = "../../store/tests/common/mod.rs"]
+mod s3;
+
+#[test]
+fn urls_work_in_every_command() {
+    let Some(server) = s3::Server::start() else { return };
+    let run_s3 = |args: &[&str]| bin().args(args).envs(server.env()).output().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let pth = fixtures().join("pytorch/state_dict_mlp.pth");
+    let url = "s3://ckpt/conv/model.safetensors";
+    let o = run_s3(&["convert", pth.to_str().unwrap(), url]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("uploaded s3://ckpt/conv/model.safetensors"), "{}", text(&o));
+    // inspect reads the two header requests and nothing else.
+    let o = run_s3(&["inspect", url]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("in 2 requests; no tensor data"), "{}", text(&o));
+    let o = run_s3(&["verify", url]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    // The same conversion locally is identical.
+    let local = dir.path().join("local.safetensors");
+    let o = run(&["convert", pth.to_str().unwrap(), local.to_str().unwrap(), "-q"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = run_s3(&["diff", local.to_str().unwrap(), url]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    // Existing objects are kept unless --force.
+    let o = run_s3(&["convert", pth.to_str().unwrap(), url]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("already exists"), "{}", text(&o));
+    // A sharded set up and back.
+    let src = fixtures().join("models/tiny-gpt.safetensors");
+    let o = run_s3(&["shard", src.to_str().unwrap(), "--max-shard-size", "300KB", "-o", "s3://ckpt/sharded", "-q"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let index = "s3://ckpt/sharded/model.safetensors.index.json";
+    let o = run_s3(&["verify", index]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let merged = dir.path().join("merged.safetensors");
+    let o = run_s3(&["merge", index, "-o", merged.to_str().unwrap(), "-q"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = run(&["diff", src.to_str().unwrap(), merged.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    // Damage in the store is found by a remote verify.
+    let shard = server.file_of("sharded/model-00002-of-00004.safetensors");
+    let mut bytes = std::fs::read(&shard).unwrap();
+    let n = bytes.len();
+    bytes[n - 3] ^= 0x10;
+    std::fs::write(&shard, bytes).unwrap();
+    let o = run_s3(&["verify", index]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("s3://ckpt/sharded/model-00002-of-00004.safetensors"), "{}", text(&o));
+}

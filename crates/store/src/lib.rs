@@ -38,7 +38,7 @@ pub use location::{Location, ObjectLocation, Stats, StatsSnapshot, Store, StoreO
 pub use object_store;
 pub use rank::{commit_ranks_to, save_rank_to};
 pub use remote::{RemoteFile, RemoteSet, download_object};
-pub use upload::{UploadSummary, delete, exists, list, put_bytes, upload_file, upload_tensors};
+pub use upload::{UploadSummary, delete, exists, list, put_bytes, size, upload_file, upload_tensors};
 
 /// Runs a future to completion on the crate's I/O runtime.
 pub(crate) fn block_on<F: Future>(f: F) -> F::Output {

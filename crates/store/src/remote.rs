@@ -33,18 +33,24 @@ pub struct RemoteFile {
 }
 
 impl RemoteFile {
-    /// Reads and validates the header: two ranged reads (the 8-byte length, then the header),
-    /// after a metadata request for the object's size.
+    /// Reads and validates the header with two ranged reads: the 8-byte length (whose response
+    /// also gives the object's size), then the header. No tensor data is read.
     pub fn open(loc: &ObjectLocation) -> Result<RemoteFile> {
         block_on(Self::open_async(loc))
     }
 
     pub(crate) async fn open_async(loc: &ObjectLocation) -> Result<RemoteFile> {
         let url = loc.url();
-        let size = head_size(loc).await?;
         let fmt = |source| StoreError::Format { url: url.clone(), source };
-        let prefix_len = (LEN_PREFIX as u64).min(size);
-        let prefix = get(loc, 0..prefix_len).await?;
+        let (prefix, size) = match get_with_size(loc, 0..LEN_PREFIX as u64).await {
+            Ok(found) => found,
+            // Shorter than a length prefix (the range cannot be served): read what there is.
+            Err(StoreError::Object { .. }) => {
+                let size = head_size(loc).await?;
+                (get(loc, 0..size.min(LEN_PREFIX as u64)).await?, size)
+            }
+            Err(e) => return Err(e),
+        };
         let n = read_header_len(&prefix, size).map_err(fmt)?;
         let json = get(loc, LEN_PREFIX as u64..(LEN_PREFIX + n) as u64).await?;
         let header = Header::parse_json(&json).map_err(fmt)?;
@@ -77,6 +83,19 @@ impl RemoteFile {
 async fn head_size(loc: &ObjectLocation) -> Result<u64> {
     let meta = loc.store.inner.head(&loc.path).await.map_err(|e| StoreError::object(loc.url(), e))?;
     Ok(meta.size)
+}
+
+/// A ranged read that also returns the object's size.
+async fn get_with_size(loc: &ObjectLocation, r: Range<u64>) -> Result<(Bytes, u64)> {
+    let opts = GetOptions { range: Some(GetRange::Bounded(r.clone())), ..Default::default() };
+    let res = loc.store.inner.get_opts(&loc.path, opts).await.map_err(|e| StoreError::object(loc.url(), e))?;
+    let size = res.meta.size;
+    let bytes = res.bytes().await.map_err(|e| StoreError::object(loc.url(), e))?;
+    loc.store.stats.got(bytes.len() as u64);
+    if bytes.len() as u64 != r.end - r.start {
+        return Err(StoreError::invalid(loc.url(), format!("short read of bytes {}..{}", r.start, r.end)));
+    }
+    Ok((bytes, size))
 }
 
 async fn get(loc: &ObjectLocation, r: Range<u64>) -> Result<Bytes> {

@@ -119,6 +119,14 @@ pub fn delete(loc: &ObjectLocation) -> Result<()> {
     })
 }
 
+/// The size of an object in bytes.
+pub fn size(loc: &ObjectLocation) -> Result<u64> {
+    block_on(async {
+        let meta = loc.store.inner.head(&loc.path).await.map_err(|e| StoreError::object(loc.url(), e))?;
+        Ok(meta.size)
+    })
+}
+
 /// Whether an object exists.
 pub fn exists(loc: &ObjectLocation) -> Result<bool> {
     block_on(async {

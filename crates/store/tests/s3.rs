@@ -58,6 +58,15 @@ fn open_reads_only_the_header_and_files_round_trip() {
     // Refuses to overwrite unless asked.
     let err = upload_tensors(&loc, &tensors, None, &WriteOptions::new().overwrite(false), &|_| {}).unwrap_err();
     assert!(err.to_string().contains("already exists"), "{err}");
+    // Objects that are not safetensors files are refused by name.
+    let tiny = server.location("run/tiny.safetensors", StoreOptions::default());
+    safeckpt_store::put_bytes(&tiny, vec![1, 2, 3]).unwrap();
+    let err = RemoteSet::open(&tiny).unwrap_err();
+    assert!(err.is_bad_input() && err.to_string().contains("tiny.safetensors"), "{err}");
+    let lying = server.location("run/lying.safetensors", StoreOptions::default());
+    safeckpt_store::put_bytes(&lying, [&u64::MAX.to_le_bytes()[..], b"{}"].concat()).unwrap();
+    let err = RemoteSet::open(&lying).unwrap_err();
+    assert!(err.is_bad_input(), "{err}");
     // A missing object names itself.
     let err = RemoteSet::open(&server.location("run/none.safetensors", StoreOptions::default())).unwrap_err();
     assert!(err.is_not_found() && err.to_string().contains("s3://ckpt/run/none.safetensors"), "{err}");
