@@ -48,6 +48,7 @@ mod checkpoint;
 mod error;
 pub mod manager;
 pub mod optim;
+mod remote_run;
 mod state_dict;
 mod tensor;
 mod train_state;
@@ -59,6 +60,8 @@ pub use checkpoint::{
 };
 pub use error::{CandleError, Result};
 pub use manager::{CheckpointManager, Fence, KeepBest, LedgerEntry, ManagerOptions, Mode, Resumed};
+#[cfg(feature = "object-store")]
+pub use safeckpt_store as store;
 pub use state_dict::{
     LoadOptions, LoadReport, Mismatch, check_vars, load_varmap, load_vars, save_varmap, save_vars, varmap_from_file,
     varmap_vars,

@@ -30,6 +30,7 @@ use serde::{Deserialize, Serialize};
 use crate::checkpoint::{CheckpointOptions, SnapshotSource, load_checkpoint, read_train_state, save_checkpoint};
 use crate::error::{CandleError, Result};
 use crate::optim::StatefulOptimizer;
+use crate::remote_run::{self, Prefix, Staging};
 use crate::state_dict::LoadReport;
 use crate::train_state::TrainState;
 
@@ -146,9 +147,12 @@ impl Drop for FenceGuard {
 }
 
 struct Shared {
+    /// The run directory, or the local staging directory of a run in an object store.
     dir: PathBuf,
     opts: ManagerOptions,
     ledger: Ledger,
+    /// The run's prefix in an object store, if it lives in one.
+    remote: Option<Prefix>,
 }
 
 /// What [`CheckpointManager::resume`] restored.
@@ -168,7 +172,8 @@ pub struct Resumed {
 pub struct CheckpointManager {
     shared: Arc<Mutex<Shared>>,
     dir: PathBuf,
-    _lock: File,
+    _lock: Option<File>,
+    _staging: Option<Staging>,
     fence: Fence,
     in_flight: Option<(u64, JoinHandle<Result<()>>)>,
     adopted: Vec<String>,
@@ -200,8 +205,21 @@ fn hostname() -> String {
 impl Shared {
     fn write_ledger(&self) -> Result<()> {
         let text = serde_json::to_string_pretty(&self.ledger).unwrap_or_default() + "\n";
-        write_atomic(&self.dir.join(LEDGER), text.as_bytes(), self.opts.checkpoint.write.has_fsync())?;
+        match &self.remote {
+            Some(prefix) => remote_run::put_ledger(prefix, text.as_bytes())?,
+            None => write_atomic(&self.dir.join(LEDGER), text.as_bytes(), self.opts.checkpoint.write.has_fsync())?,
+        }
         Ok(())
+    }
+
+    /// Uploads a checkpoint staged locally (runs in an object store) and removes the local copy;
+    /// returns where it now is. Local runs: the path itself.
+    fn publish(remote: Option<&Prefix>, local: PathBuf) -> Result<PathBuf> {
+        let Some(prefix) = remote else { return Ok(local) };
+        remote_run::upload_checkpoint(prefix, &local)?;
+        let name = local.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let _ = if local.is_dir() { std::fs::remove_dir_all(&local) } else { std::fs::remove_file(&local) };
+        Ok(PathBuf::from(remote_run::url(prefix, &name)))
     }
 
     /// Records a committed checkpoint, then applies retention (ledger first, files after).
@@ -215,6 +233,10 @@ impl Shared {
         self.ledger.checkpoints.retain(|e| keep.contains(&e.step));
         self.write_ledger()?;
         for e in dropped {
+            if let Some(prefix) = &self.remote {
+                remote_run::delete_checkpoint(prefix, &e.path)?;
+                continue;
+            }
             let p = self.dir.join(&e.path);
             let r = if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
             if let Err(err) = r
@@ -322,14 +344,82 @@ impl CheckpointManager {
         }
         ledger.checkpoints.sort_by_key(|e| e.step);
         ledger.version = 1;
-        let shared = Shared { dir: dir.clone(), opts, ledger };
+        let shared = Shared { dir: dir.clone(), opts, ledger, remote: None };
         if shared.ledger != before {
             shared.write_ledger()?;
         }
         Ok(CheckpointManager {
             shared: Arc::new(Mutex::new(shared)),
             dir,
-            _lock: lock,
+            _lock: Some(lock),
+            _staging: None,
+            fence: Fence::default(),
+            in_flight: None,
+            adopted,
+        })
+    }
+
+    /// Opens a run kept under a prefix of an object store (`s3://bucket/runs/exp1`), with the
+    /// same layout, ledger, retention, resume and asynchronous saves as a run directory.
+    /// Checkpoints are staged in a local temporary directory and uploaded once complete (shards
+    /// before their index, the ledger after the checkpoint). Half-uploaded sharded checkpoints
+    /// left by a crash (shards without an index) are deleted, and complete checkpoints missing
+    /// from the ledger are verified and adopted. An object store has no locks: run one writer
+    /// per prefix.
+    #[cfg(feature = "object-store")]
+    pub fn open_remote(prefix: Prefix, opts: ManagerOptions) -> Result<Self> {
+        let staging = Staging::new()?;
+        let listing = remote_run::scan(&prefix)?;
+        let mut ledger: Ledger = match &listing.ledger {
+            Some(bytes) => serde_json::from_slice(bytes).map_err(|e| CandleError::Checkpoint {
+                path: PathBuf::from(remote_run::url(&prefix, LEDGER)),
+                reason: format!("the ledger is not valid JSON ({e}); move it away to rebuild it from the checkpoints"),
+            })?,
+            None => Ledger { version: 1, checkpoints: Vec::new() },
+        };
+        let before = ledger.clone();
+        let complete: BTreeMap<&str, bool> = listing
+            .entries
+            .iter()
+            .filter(|(n, is_dir, has_index)| parse_step(n).is_some() && (!is_dir || *has_index))
+            .map(|(n, is_dir, _)| (n.as_str(), *is_dir))
+            .collect();
+        ledger.checkpoints.retain(|e| complete.contains_key(e.path.as_str()));
+        let listed: BTreeSet<String> = ledger.checkpoints.iter().map(|e| e.path.clone()).collect();
+        let mut adopted = Vec::new();
+        for (name, is_dir) in &complete {
+            if listed.contains(*name) {
+                continue;
+            }
+            let into = staging.0.join("adopt");
+            let found = remote_run::download_checkpoint(&prefix, name, *is_dir, &into).ok().and_then(|local| {
+                let set = ShardedReader::open(&local).ok()?;
+                let reports = set.verify().ok().filter(|r| r.iter().all(|r| r.is_ok()))?;
+                Some((read_train_state(&set).ok()?, reports.iter().all(|r| r.has_checksums)))
+            });
+            let _ = std::fs::remove_dir_all(&into);
+            if let Some((state, checksums)) = found {
+                ledger.checkpoints.push(entry_for(&state, name.to_string(), checksums));
+                adopted.push(name.to_string());
+            }
+        }
+        for (name, is_dir, has_index) in &listing.entries {
+            if *is_dir && !has_index && parse_step(name).is_some() {
+                remote_run::delete_checkpoint(&prefix, name)?;
+            }
+        }
+        ledger.checkpoints.sort_by_key(|e| e.step);
+        ledger.version = 1;
+        let dir = staging.0.clone();
+        let shared = Shared { dir: dir.clone(), opts, ledger, remote: Some(prefix) };
+        if shared.ledger != before {
+            shared.write_ledger()?;
+        }
+        Ok(CheckpointManager {
+            shared: Arc::new(Mutex::new(shared)),
+            dir,
+            _lock: None,
+            _staging: Some(staging),
             fence: Fence::default(),
             in_flight: None,
             adopted,
@@ -340,9 +430,14 @@ impl CheckpointManager {
         self.shared.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The run directory.
+    /// The run directory (for a run in an object store, the local staging directory).
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Where a run in an object store lives (`None` for a local run).
+    pub fn remote_url(&self) -> Option<String> {
+        self.shared().remote.as_ref().map(|p| remote_run::url(p, ""))
     }
 
     /// Checkpoints adopted from the directory when it was opened (see [`CheckpointManager::open`]).
@@ -374,8 +469,12 @@ impl CheckpointManager {
         best_entries(&s.ledger.checkpoints, &b).first().map(|e| (*e).clone())
     }
 
-    /// The path of a ledger entry (the file, or the index of a sharded checkpoint).
+    /// The path of a ledger entry (the file, or the index of a sharded checkpoint); for a run in
+    /// an object store, its URL.
     pub fn path_of(&self, e: &LedgerEntry) -> PathBuf {
+        if let Some(prefix) = &self.shared().remote {
+            return PathBuf::from(remote_run::url(prefix, &e.path));
+        }
         let p = self.dir.join(&e.path);
         if p.is_dir() { p.join(safeckpt_format::index::DEFAULT_INDEX_NAME) } else { p }
     }
@@ -414,6 +513,8 @@ impl CheckpointManager {
             save_checkpoint(self.target(state.step, false), vars, opt, state, &opts)?
         };
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let remote = self.shared().remote.clone();
+        let path = Shared::publish(remote.as_ref(), path)?;
         self.shared().commit(entry_for(state, name, opts.write.has_checksums()))?;
         Ok(path)
     }
@@ -444,6 +545,7 @@ impl CheckpointManager {
         let target_file = self.target(step, false);
         let target_dir = self.target(step, true);
         let dir = self.dir.clone();
+        let remote = self.shared().remote.clone();
         let handle = std::thread::Builder::new()
             .name(format!("safeckpt-save-{step}"))
             .spawn(move || -> Result<()> {
@@ -473,6 +575,7 @@ impl CheckpointManager {
                     path
                 };
                 let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                Shared::publish(remote.as_ref(), path)?;
                 let entry = entry_for(&entry_state, name, opts.write.has_checksums());
                 shared.lock().unwrap_or_else(|p| p.into_inner()).commit(entry)
             })
@@ -509,10 +612,24 @@ impl CheckpointManager {
             let s = self.shared();
             (s.ledger.checkpoints.clone(), s.opts.verify_on_resume)
         };
+        let remote = self.shared().remote.clone();
         let mut skipped = Vec::new();
         for entry in entries.iter().rev() {
-            let path = self.path_of(entry);
-            match try_restore(&path, verify.then_some(entry.checksums), vars, opt.as_deref_mut()) {
+            // A run in an object store: fetch the checkpoint into the staging directory first.
+            let into = self.dir.join(".resume");
+            let path = match &remote {
+                None => Ok(self.path_of(entry)),
+                Some(prefix) => {
+                    let is_dir = !entry.path.ends_with(".safetensors");
+                    remote_run::download_checkpoint(prefix, &entry.path, is_dir, &into)
+                }
+            };
+            let restored =
+                path.and_then(|path| try_restore(&path, verify.then_some(entry.checksums), vars, opt.as_deref_mut()));
+            if remote.is_some() {
+                let _ = std::fs::remove_dir_all(&into);
+            }
+            match restored {
                 Ok(l) => return Ok(Some(Resumed { entry: entry.clone(), state: l.state, report: l.report, skipped })),
                 // A strict-load mismatch is the caller's model, not a damaged file: report it.
                 Err(e @ CandleError::Load(_)) => return Err(e),

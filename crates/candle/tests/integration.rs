@@ -4,4 +4,6 @@ mod checkpoint;
 mod common;
 mod manager;
 mod optim;
+#[cfg(feature = "object-store")]
+mod remote_manager;
 mod state_dict;

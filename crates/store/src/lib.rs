@@ -37,7 +37,7 @@ pub use fetch::{COALESCE_GAP, plan_requests};
 pub use location::{Location, ObjectLocation, Stats, StatsSnapshot, Store, StoreOptions, is_url};
 pub use object_store;
 pub use rank::{commit_ranks_to, save_rank_to};
-pub use remote::{RemoteFile, RemoteSet, download_object};
+pub use remote::{RemoteFile, RemoteSet, download_object, read_object};
 pub use upload::{UploadSummary, delete, exists, list, put_bytes, size, upload_file, upload_tensors};
 
 /// Runs a future to completion on the crate's I/O runtime.

@@ -112,6 +112,11 @@ async fn get(loc: &ObjectLocation, r: Range<u64>) -> Result<Bytes> {
     Ok(bytes)
 }
 
+/// A whole small object (a ledger, an index), refused when over `limit` bytes.
+pub fn read_object(loc: &ObjectLocation, limit: u64) -> Result<Vec<u8>> {
+    Ok(block_on(get_all(loc, limit))?.to_vec())
+}
+
 /// A whole object, at most `limit` bytes.
 pub(crate) async fn get_all(loc: &ObjectLocation, limit: u64) -> Result<Bytes> {
     let size = head_size(loc).await?;

@@ -1,0 +1,165 @@
+//! Run directories in an object store (feature `object-store`). The manager stages each
+//! checkpoint in a local directory exactly as for a local run (so an asynchronous save stalls
+//! training no longer), then uploads it: a sharded checkpoint's shards first and its index last,
+//! then the ledger. Retention deletes objects only after the ledger that drops them is written.
+//! Without the feature the prefix type is empty and none of this can be reached.
+#![cfg_attr(not(feature = "object-store"), allow(dead_code, unused_imports))]
+
+use std::path::{Path, PathBuf};
+
+use crate::error::{CandleError, Result};
+
+#[cfg(feature = "object-store")]
+pub use safeckpt_store::ObjectLocation as Prefix;
+
+/// A prefix in an object store (this build has no object-store support, so there is none).
+#[cfg(not(feature = "object-store"))]
+#[derive(Debug, Clone)]
+pub enum Prefix {}
+
+/// What a run prefix holds: the ledger's bytes, and each `ckpt-*` entry with whether it is a
+/// sharded checkpoint and, if so, whether its index is there.
+#[derive(Debug, Default)]
+pub(crate) struct Listing {
+    pub ledger: Option<Vec<u8>>,
+    /// (name, is a directory, has its index)
+    pub entries: Vec<(String, bool, bool)>,
+}
+
+#[cfg(feature = "object-store")]
+mod imp {
+    use safeckpt_format::index::DEFAULT_INDEX_NAME;
+    use safeckpt_store::{RemoteSet, StoreError, delete, list, put_bytes};
+
+    use super::*;
+    use crate::manager::LEDGER;
+
+    fn err(e: StoreError) -> CandleError {
+        let path = match &e {
+            StoreError::Object { url, .. }
+            | StoreError::NotFound { url }
+            | StoreError::Invalid { url, .. }
+            | StoreError::Format { url, .. } => PathBuf::from(url),
+            _ => PathBuf::new(),
+        };
+        CandleError::Checkpoint { path, reason: e.to_string() }
+    }
+
+    pub(crate) fn url(p: &Prefix, name: &str) -> String {
+        p.join(name).url()
+    }
+
+    pub(crate) fn scan(p: &Prefix) -> Result<Listing> {
+        let mut out = Listing::default();
+        for (name, _) in list(p).map_err(err)? {
+            if name == LEDGER {
+                let bytes = safeckpt_store::read_object(&p.join(LEDGER), 64 << 20).map_err(err)?;
+                out.ledger = Some(bytes);
+            } else if let Some(dir) = name.strip_suffix('/') {
+                let inner = list(&p.join(dir)).map_err(err)?;
+                let has_index = inner.iter().any(|(n, _)| n == DEFAULT_INDEX_NAME);
+                out.entries.push((dir.to_string(), true, has_index));
+            } else {
+                out.entries.push((name, false, false));
+            }
+        }
+        Ok(out)
+    }
+
+    pub(crate) fn put_ledger(p: &Prefix, bytes: &[u8]) -> Result<()> {
+        put_bytes(&p.join(LEDGER), bytes.to_vec()).map_err(err)
+    }
+
+    /// Uploads a staged checkpoint (a file, or a directory whose index goes last).
+    pub(crate) fn upload_checkpoint(p: &Prefix, local: &Path) -> Result<()> {
+        let name = local.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        if local.is_dir() {
+            let mut files: Vec<PathBuf> = std::fs::read_dir(local)
+                .map_err(|e| CandleError::io(local, e))?
+                .map(|e| e.map(|e| e.path()))
+                .collect::<std::io::Result<_>>()
+                .map_err(|e| CandleError::io(local, e))?;
+            files.sort_by_key(|f| (f.extension().is_some_and(|e| e == "json"), f.clone()));
+            for f in files {
+                let file = f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                safeckpt_store::upload_file(&f, &p.join(&format!("{name}/{file}")), &|_| {}).map_err(err)?;
+            }
+        } else {
+            safeckpt_store::upload_file(local, &p.join(&name), &|_| {}).map_err(err)?;
+        }
+        Ok(())
+    }
+
+    /// Deletes a checkpoint: a file, or a sharded one's index first (it stops being a
+    /// checkpoint at once), then its shards.
+    pub(crate) fn delete_checkpoint(p: &Prefix, name: &str) -> Result<()> {
+        let as_dir = p.join(name);
+        let inner = list(&as_dir).map_err(err)?;
+        if inner.is_empty() {
+            return delete(&p.join(name)).map_err(err);
+        }
+        delete(&as_dir.join(DEFAULT_INDEX_NAME)).map_err(err)?;
+        for (n, _) in inner {
+            delete(&as_dir.join(&n)).map_err(err)?;
+        }
+        Ok(())
+    }
+
+    /// Copies a checkpoint into `into`; returns the local file or index.
+    pub(crate) fn download_checkpoint(p: &Prefix, name: &str, is_dir: bool, into: &Path) -> Result<PathBuf> {
+        let loc = if is_dir { p.join(&format!("{name}/{DEFAULT_INDEX_NAME}")) } else { p.join(name) };
+        let set = RemoteSet::open(&loc).map_err(err)?;
+        let dir = if is_dir { into.join(name) } else { into.to_path_buf() };
+        set.download(&dir).map_err(err)
+    }
+}
+
+#[cfg(not(feature = "object-store"))]
+mod imp {
+    use super::*;
+
+    pub(crate) fn url(p: &Prefix, _: &str) -> String {
+        match *p {}
+    }
+    pub(crate) fn scan(p: &Prefix) -> Result<Listing> {
+        match *p {}
+    }
+    pub(crate) fn put_ledger(p: &Prefix, _: &[u8]) -> Result<()> {
+        match *p {}
+    }
+    pub(crate) fn upload_checkpoint(p: &Prefix, _: &Path) -> Result<()> {
+        match *p {}
+    }
+    pub(crate) fn delete_checkpoint(p: &Prefix, _: &str) -> Result<()> {
+        match *p {}
+    }
+    pub(crate) fn download_checkpoint(p: &Prefix, _: &str, _: bool, _: &Path) -> Result<PathBuf> {
+        match *p {}
+    }
+}
+
+pub(crate) use imp::{delete_checkpoint, download_checkpoint, put_ledger, scan, upload_checkpoint, url};
+
+/// A private local directory for staging, removed on drop.
+#[derive(Debug)]
+pub(crate) struct Staging(pub PathBuf);
+
+impl Staging {
+    pub(crate) fn new() -> Result<Staging> {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static N: AtomicU64 = AtomicU64::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "safeckpt-run-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).map_err(|e| CandleError::io(&dir, e))?;
+        Ok(Staging(dir))
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
