@@ -13,6 +13,7 @@ mod candle_bench;
 mod convert;
 mod harness;
 mod model;
+mod s3;
 mod scenarios;
 
 use anyhow::Result;
@@ -71,6 +72,23 @@ enum Scenario {
         /// Target file.
         output: std::path::PathBuf,
     },
+    /// One object-store operation (`save`, `load`, `tensor`, `write-local`) on `url`, timed in
+    /// this process; prints JSON (used by `benches/s3_bench.py`).
+    S3 {
+        /// The operation.
+        op: String,
+        /// The object (`s3://bucket/key`).
+        url: String,
+        /// The tensor to read (`tensor`), or the local path (`write-local`).
+        #[arg(long)]
+        tensor: Option<String>,
+        /// Part size for uploads and ranged reads, MiB.
+        #[arg(long, default_value_t = 16)]
+        part_mib: usize,
+        /// Requests in flight.
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+    },
     /// Internal: one candle load in this fresh process; prints the seconds it took.
     #[command(hide = true)]
     CandleLoadChild {
@@ -96,6 +114,14 @@ fn main() -> Result<()> {
         Scenario::CandleLoadChild { case, path } => return candle_bench::load_child(case, path),
         Scenario::Convert { converter, input, output } => return convert::run(converter, input, output),
         Scenario::RawWrite { bytes, output } => return convert::raw_write(*bytes, output),
+        Scenario::S3 { op, url, tensor, part_mib, concurrency } => {
+            let store = safeckpt_store::StoreOptions {
+                part_size: part_mib << 20,
+                concurrency: *concurrency,
+                ..Default::default()
+            };
+            return s3::run(op, url, cli.size_mib, tensor.as_deref(), store);
+        }
         _ => {}
     }
     println!(
@@ -118,7 +144,8 @@ fn main() -> Result<()> {
             | Scenario::LoadChild { .. }
             | Scenario::CandleLoadChild { .. }
             | Scenario::Convert { .. }
-            | Scenario::RawWrite { .. } => {
+            | Scenario::RawWrite { .. }
+            | Scenario::S3 { .. } => {
                 unreachable!()
             }
         }
