@@ -22,6 +22,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod any;
 mod error;
 mod fetch;
 mod location;
@@ -32,6 +33,7 @@ mod upload;
 use std::future::Future;
 use std::sync::OnceLock;
 
+pub use any::{AnySet, open, save};
 pub use error::{Result, StoreError};
 pub use fetch::{COALESCE_GAP, plan_requests};
 pub use location::{Location, ObjectLocation, Stats, StatsSnapshot, Store, StoreOptions, is_url};

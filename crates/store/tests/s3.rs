@@ -278,3 +278,21 @@ fn four_ranks_save_to_s3_and_fewer_ranks_load() {
     assert_eq!(set.read_global("b").unwrap(), global("b", 1, 32));
     assert!(set.verify().unwrap().iter().all(|r| r.is_ok() && r.has_checksums));
 }
+
+#[test]
+fn transient_outages_are_retried() {
+    let Some(mut server) = Server::start() else { return };
+    let loc = server.location("retry.safetensors", StoreOptions { max_retries: 10, ..StoreOptions::default() });
+    let data = bytes(1 << 20, 8);
+    server.stop();
+    let restart = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(400));
+        server.restart();
+        server
+    });
+    let tensors = vec![("x", RawTensor::borrowed(Dtype::U8, vec![data.len()], &data))];
+    upload_tensors(&loc, &tensors, None, &WriteOptions::new(), &|_| {}).expect("retried until the store came back");
+    let server = restart.join().unwrap();
+    let set = RemoteSet::open(&server.location("retry.safetensors", StoreOptions::default())).unwrap();
+    assert_eq!(set.read_tensors(&["x"]).unwrap()[0].as_ref(), data.as_slice());
+}
