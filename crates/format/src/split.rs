@@ -64,6 +64,43 @@ impl SplitTensor {
     pub fn dtype(&self) -> Option<Dtype> {
         Dtype::from_name(&self.dtype)
     }
+
+    /// Where `region` (one range per dimension, inside the shape) meets each piece, skipping the
+    /// pieces it misses.
+    pub fn boxes(&self, region: &[std::ops::Range<usize>]) -> Vec<PieceBox<'_>> {
+        self.pieces
+            .iter()
+            .filter_map(|piece| {
+                let inter: Vec<std::ops::Range<usize>> = region
+                    .iter()
+                    .zip(piece.offset.iter().zip(&piece.shape))
+                    .map(|(r, (&o, &s))| r.start.max(o)..r.end.min(o + s))
+                    .collect();
+                if inter.iter().any(|r| r.start >= r.end) {
+                    return None;
+                }
+                Some(PieceBox {
+                    piece,
+                    src_at: inter.iter().zip(&piece.offset).map(|(r, o)| r.start - o).collect(),
+                    dst_at: inter.iter().zip(region).map(|(i, r)| i.start - r.start).collect(),
+                    extent: inter.iter().map(|r| r.end - r.start).collect(),
+                })
+            })
+            .collect()
+    }
+}
+
+/// The part of a region that one piece holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PieceBox<'a> {
+    /// The piece.
+    pub piece: &'a SplitPiece,
+    /// Where the part starts in the piece.
+    pub src_at: Vec<usize>,
+    /// Where it goes in the region.
+    pub dst_at: Vec<usize>,
+    /// Its extent.
+    pub extent: Vec<usize>,
 }
 
 /// The conventional name of the piece of `name` that starts at `offset`: `name@o0,o1,…`.

@@ -197,20 +197,9 @@ impl ShardedReader {
             }
             GlobalTensor::Split(_, split) => {
                 let elem = elem_size(g.dtype());
-                for piece in &split.pieces {
-                    let inter: Vec<Range<usize>> = region
-                        .iter()
-                        .zip(piece.offset.iter().zip(&piece.shape))
-                        .map(|(r, (&o, &s))| r.start.max(o)..r.end.min(o + s))
-                        .collect();
-                    if inter.iter().any(|r| r.start >= r.end) {
-                        continue;
-                    }
-                    let view = self.tensor(&piece.tensor)?;
-                    let src_at: Vec<usize> = inter.iter().zip(&piece.offset).map(|(r, o)| r.start - o).collect();
-                    let dst_at: Vec<usize> = inter.iter().zip(region).map(|(i, r)| i.start - r.start).collect();
-                    let box_extent: Vec<usize> = inter.iter().map(|r| r.end - r.start).collect();
-                    copy_box(elem, view.data(), &piece.shape, &src_at, out, &extent, &dst_at, &box_extent);
+                for b in split.boxes(region) {
+                    let view = self.tensor(&b.piece.tensor)?;
+                    copy_box(elem, view.data(), &b.piece.shape, &b.src_at, out, &extent, &b.dst_at, &b.extent);
                 }
             }
         }

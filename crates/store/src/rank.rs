@@ -4,11 +4,12 @@
 
 use std::time::{Duration, Instant};
 
-use safeckpt_format::split::piece_name;
 use safeckpt_format::{Metadata, TensorSource};
 use safeckpt_writer::WriteOptions;
 use safeckpt_writer::index_file_name;
-use safeckpt_writer::rank::{RankMarker, RankTensor, marker_file_name, parse_marker, plan_index, plan_rank};
+use safeckpt_writer::rank::{
+    RankMarker, RankTensor, marker_file_name, parse_marker, plan_index, plan_rank, stored_names,
+};
 
 use crate::block_on;
 use crate::error::{Result, StoreError};
@@ -29,13 +30,7 @@ pub fn save_rank_to<S: TensorSource>(
     opts: &WriteOptions,
 ) -> Result<RankMarker> {
     let marker = plan_rank(prefix, rank, world, id, tensors)?;
-    let named: Vec<(String, &S)> = tensors
-        .iter()
-        .map(|t| match &t.placement {
-            None => (t.name.clone(), &t.source),
-            Some(p) => (piece_name(&t.name, &p.offset), &t.source),
-        })
-        .collect();
+    let named = stored_names(tensors);
     upload_tensors(&dir.join(&marker.file), &named, metadata, &opts.clone().overwrite(true), &|_| {})?;
     let json = serde_json::to_vec(&marker).map_err(|e| StoreError::invalid(dir.url(), e.to_string()))?;
     put_bytes(&dir.join(&marker_file_name(prefix, rank, world)), json)?;

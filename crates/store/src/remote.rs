@@ -315,22 +315,8 @@ impl RemoteSet {
                 extent.clone(),
             )),
             Some(split) => {
-                for p in &split.pieces {
-                    let inter: Vec<Range<usize>> = region
-                        .iter()
-                        .zip(p.offset.iter().zip(&p.shape))
-                        .map(|(r, (&o, &s))| r.start.max(o)..r.end.min(o + s))
-                        .collect();
-                    if inter.iter().any(|r| r.start >= r.end) {
-                        continue;
-                    }
-                    boxes.push((
-                        p.tensor.as_str(),
-                        p.shape.clone(),
-                        inter.iter().zip(&p.offset).map(|(r, o)| r.start - o).collect(),
-                        inter.iter().zip(region).map(|(i, r)| i.start - r.start).collect(),
-                        inter.iter().map(|r| r.end - r.start).collect(),
-                    ));
+                for b in split.boxes(region) {
+                    boxes.push((b.piece.tensor.as_str(), b.piece.shape.clone(), b.src_at, b.dst_at, b.extent));
                 }
             }
         }

@@ -147,18 +147,23 @@ pub fn save_rank<S: TensorSource>(
 ) -> Result<RankMarker> {
     let marker = plan_rank(prefix, rank, world, id, tensors)?;
     std::fs::create_dir_all(dir).map_err(|e| WriteError::io(dir, e))?;
-    let named: Vec<(String, &S)> = tensors
-        .iter()
-        .map(|t| match &t.placement {
-            None => (t.name.clone(), &t.source),
-            Some(p) => (piece_name(&t.name, &p.offset), &t.source),
-        })
-        .collect();
+    let named = stored_names(tensors);
     // A rank may rewrite its own shard of an interrupted attempt.
     let write = opts.clone().overwrite(true);
     write_file(dir.join(&marker.file), &named, metadata, &write)?;
     write_marker(dir, prefix, &marker, opts.has_fsync())?;
     Ok(marker)
+}
+
+/// Each tensor with the name it is stored under: its own, or its [`piece_name`].
+pub fn stored_names<S>(tensors: &[RankTensor<S>]) -> Vec<(String, &S)> {
+    tensors
+        .iter()
+        .map(|t| match &t.placement {
+            None => (t.name.clone(), &t.source),
+            Some(p) => (piece_name(&t.name, &p.offset), &t.source),
+        })
+        .collect()
 }
 
 /// The marker `save_rank` would write, with the checks it makes before writing anything.
