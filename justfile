@@ -33,7 +33,7 @@ bench *ARGS:
 
 # Fuzz one target for SECONDS (needs `cargo install cargo-fuzz` and the nightly toolchain).
 fuzz TARGET="header" SECONDS="60":
-    cd fuzz && cargo +nightly fuzz run {{TARGET}} -- -max_total_time={{SECONDS}} -rss_limit_mb=2048
+    cd fuzz && mkdir -p corpus/{{TARGET}} && cargo +nightly fuzz run {{TARGET}} corpus/{{TARGET}} $(test -d seeds/{{TARGET}} && echo seeds/{{TARGET}}) -- -max_total_time={{SECONDS}} -rss_limit_mb=2048
 
 # Build every fuzz target (what CI-like checks need at least).
 fuzz-build:
@@ -41,7 +41,7 @@ fuzz-build:
 
 # Fuzz every target in turn for SECONDS each (the campaign recorded in docs/reliability.md).
 fuzz-all SECONDS="600":
-    cd fuzz && for t in header reader index pickle torch_archive; do cargo +nightly fuzz run $t -- -max_total_time={{SECONDS}} -rss_limit_mb=2048 -print_final_stats=1; done
+    cd fuzz && for t in header reader index pickle torch_archive; do mkdir -p corpus/$t; cargo +nightly fuzz run $t corpus/$t $(test -d seeds/$t && echo seeds/$t) -- -max_total_time={{SECONDS}} -rss_limit_mb=2048 -print_final_stats=1; done
 
 # The long reliability campaigns (docs/reliability.md): SIGKILL, faults, corruption, concurrency,
 # syscall order, malicious pickles, header bombs. Prints the results table.
