@@ -9,12 +9,13 @@ Starts an S3-compatible server (s3s-fs) on loopback, writes a transformer-shaped
 (the same shapes as `safeckpt-bench`) as a safetensors file, then in interleaved rounds:
   save: safeckpt's `upload_tensors` (multipart, parts in parallel) in a fresh process, timed from
         the model in memory to the object complete; against boto3 `put_object` of the same bytes
-        (one request, one stream), timed around the call.
+        (one request, one stream), timed around the call; and boto3 `upload_fileobj`, the transfer
+        `aws s3 cp` runs (multipart, 8 MiB parts, 10 threads).
   load: safeckpt `RemoteSet::open` + `read_tensors` of every tensor (parallel ranged GETs) into
         memory; against boto3 `get_object(...).read()` of the whole object.
   one tensor: safeckpt opening the 1 GiB object and reading one 4 MiB tensor: bytes fetched.
 """
-import argparse, json, os, shutil, socket, statistics, subprocess, sys, tempfile, time
+import argparse, io, json, os, shutil, socket, statistics, subprocess, sys, tempfile, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, "target", "release", "safeckpt-bench")
@@ -74,17 +75,22 @@ def main():
                           region_name="us-east-1",
                           config=Config(s3={"addressing_style": "path"}, request_checksum_calculation="when_required",
                                         response_checksum_validation="when_required", retries={"max_attempts": 1}))
-        times = {k: [] for k in ["safeckpt save", "boto3 put_object", "safeckpt load", "boto3 get_object"]}
+        times = {k: [] for k in ["safeckpt save", "boto3 put_object", "boto3 upload_fileobj", "safeckpt load",
+                                 "boto3 get_object"]}
         tensor = None
         for r in range(args.rounds + 1):
-            cases = ["safeckpt save", "boto3 put_object", "safeckpt load", "boto3 get_object"]
-            cases = cases[r % 2 * 2:] + cases[:r % 2 * 2]
+            cases = ["safeckpt save", "boto3 put_object", "boto3 upload_fileobj", "safeckpt load", "boto3 get_object"]
+            cases = cases[r % 2 * 3:] + cases[:r % 2 * 3]
             for case in cases:
                 if case == "safeckpt save":
                     t = bench(env, "s3", "save", f"s3://{BUCKET}/safeckpt.safetensors", *size)["seconds"]
                 elif case == "boto3 put_object":
                     t0 = time.perf_counter()
                     s3.put_object(Bucket=BUCKET, Key="boto3.safetensors", Body=data)
+                    t = time.perf_counter() - t0
+                elif case == "boto3 upload_fileobj":
+                    t0 = time.perf_counter()
+                    s3.upload_fileobj(io.BytesIO(data), BUCKET, "boto3-multipart.safetensors")
                     t = time.perf_counter() - t0
                 elif case == "safeckpt load":
                     t = bench(env, "s3", "load", f"s3://{BUCKET}/boto3.safetensors")["seconds"]
@@ -102,7 +108,8 @@ def main():
         # The two uploads hold the same bytes.
         a = os.path.join(root, BUCKET, "safeckpt.safetensors")
         b = os.path.join(root, BUCKET, "boto3.safetensors")
-        assert os.path.getsize(a) == os.path.getsize(b) == len(data)
+        c = os.path.join(root, BUCKET, "boto3-multipart.safetensors")
+        assert os.path.getsize(a) == os.path.getsize(b) == os.path.getsize(c) == len(data)
         gib = len(data) / 2**30
         print(f"# s3 bench: {len(data) / 2**30:.2f} GiB safetensors file, {args.rounds} rounds, s3s-fs 0.14.1 on loopback, "
               f"boto3 {boto3.__version__}; {os.cpu_count()} cores; {time.strftime('%Y-%m-%d')}\n")
@@ -114,6 +121,7 @@ def main():
             print(f"| {k} | {med[k]:.3f} s | {min(v):.3f} s | {gib / med[k]:.2f} GiB/s |")
         print()
         print(f"save: safeckpt is {med['boto3 put_object'] / med['safeckpt save']:.2f}x the single-stream upload")
+        print(f"save: safeckpt is {med['boto3 upload_fileobj'] / med['safeckpt save']:.2f}x boto3's multipart transfer (aws s3 cp)")
         print(f"load: safeckpt is {med['boto3 get_object'] / med['safeckpt load']:.2f}x the single-stream download")
         print(f"one tensor of {tensor['tensor_bytes']} bytes from a {tensor['file_bytes']}-byte object: "
               f"{tensor['bytes_in']} bytes fetched in {tensor['gets']} GETs "

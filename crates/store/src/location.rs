@@ -209,6 +209,9 @@ impl Location {
                 if let Some(e) = &endpoint {
                     b = b.with_endpoint(e).with_allow_http(e.starts_with("http://"));
                 }
+                if std::env::var_os("AWS_UNSIGNED_PAYLOAD").is_none() {
+                    b = b.with_unsigned_payload(unsigned_payload(endpoint.as_deref()));
+                }
                 let region = opts.region.clone().or_else(|| std::env::var("AWS_REGION").ok());
                 let region = region.or_else(|| std::env::var("AWS_DEFAULT_REGION").ok());
                 b = b
@@ -288,6 +291,14 @@ fn memory_store() -> Arc<dyn ObjectStore> {
     MEMORY.get_or_init(|| Arc::new(object_store::memory::InMemory::new())).clone()
 }
 
+/// Whether S3 requests skip hashing their body into the signature when `AWS_UNSIGNED_PAYLOAD`
+/// does not say: over TLS they do, as the AWS CLI does, since TLS already protects the bytes in
+/// transit (and safeckpt's own checksums cover them at rest); over plain HTTP the signature is
+/// the only protection, so bodies are signed.
+fn unsigned_payload(endpoint: Option<&str>) -> bool {
+    !endpoint.is_some_and(|e| e.trim_start().to_ascii_lowercase().starts_with("http://"))
+}
+
 fn retry(opts: &StoreOptions) -> RetryConfig {
     RetryConfig {
         backoff: BackoffConfig {
@@ -306,4 +317,17 @@ fn client(opts: &StoreOptions, allow_http: bool) -> ClientOptions {
         .with_allow_http(allow_http)
         .with_timeout(Duration::from_secs(300))
         .with_connect_timeout(Duration::from_secs(10))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_are_signed_only_over_plain_http() {
+        assert!(unsigned_payload(None), "AWS itself is reached over TLS");
+        assert!(unsigned_payload(Some("https://minio.internal:9000")));
+        assert!(!unsigned_payload(Some("http://127.0.0.1:9000")));
+        assert!(!unsigned_payload(Some("HTTP://127.0.0.1:9000")));
+    }
 }
