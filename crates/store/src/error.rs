@@ -52,6 +52,24 @@ pub enum StoreError {
         /// What is wrong.
         reason: String,
     },
+    /// Another writer holds the prefix's lease.
+    #[error(
+        "{url}: the prefix is held by {holder}, which is still renewing its lease; stop it first, or use another prefix"
+    )]
+    Locked {
+        /// The lease object.
+        url: String,
+        /// Who holds it, as it describes itself.
+        holder: String,
+    },
+    /// This writer's lease can no longer be trusted, so it must not commit.
+    #[error("{url}: this writer's lease is lost ({reason}); nothing more is committed")]
+    LeaseLost {
+        /// The lease object.
+        url: String,
+        /// Why.
+        reason: String,
+    },
     /// A local read.
     #[error(transparent)]
     Read(#[from] safeckpt_reader::ReadError),

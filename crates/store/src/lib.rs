@@ -13,6 +13,7 @@
 //!   memory; the object appears only when complete. Sets and multi-rank saves write their shards
 //!   first and their index last, so a checkpoint is visible only once whole.
 //! - Requests are retried with exponential backoff on transient errors.
+//! - [`Lease`] gives one writer at a time a prefix, through conditional writes.
 //!
 //! Credentials come from the environment (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
 //! `AWS_REGION`, `AWS_ENDPOINT_URL`, …) and are never printed.
@@ -25,6 +26,7 @@
 mod any;
 mod error;
 mod fetch;
+mod lease;
 mod location;
 mod rank;
 mod remote;
@@ -36,6 +38,7 @@ use std::sync::OnceLock;
 pub use any::{AnySet, open, save};
 pub use error::{Result, StoreError};
 pub use fetch::{COALESCE_GAP, plan_requests};
+pub use lease::{LEASE_NAME, Lease};
 pub use location::{Location, ObjectLocation, Stats, StatsSnapshot, Store, StoreOptions, is_url};
 pub use object_store;
 pub use rank::{commit_ranks_to, save_rank_to};

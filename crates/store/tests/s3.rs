@@ -296,3 +296,31 @@ fn transient_outages_are_retried() {
     let set = RemoteSet::open(&server.location("retry.safetensors", StoreOptions::default())).unwrap();
     assert_eq!(set.read_tensors(&["x"]).unwrap()[0].as_ref(), data.as_slice());
 }
+
+#[test]
+fn a_prefix_lease_over_s3_conditional_writes() {
+    use safeckpt_store::{LEASE_NAME, Lease, StoreError, put_bytes};
+    let Some(server) = Server::start() else { return };
+    let ttl = Duration::from_millis(1500);
+    let p = server.location("runs/leased", StoreOptions::default());
+    let a = Lease::acquire(&p, "writer A", ttl).unwrap();
+    match Lease::acquire(&server.location("runs/leased", StoreOptions::default()), "writer B", ttl) {
+        Err(StoreError::Locked { holder, .. }) => assert_eq!(holder, "writer A"),
+        other => panic!("expected Locked, got {other:?}"),
+    }
+    // Renewals (If-Match on the last ETag) go through: still valid after several lifetimes.
+    std::thread::sleep(ttl * 2);
+    a.check().unwrap();
+    a.release().unwrap();
+    assert!(!server.file_of("runs/leased/.lock").exists());
+    // A holder that died: taken over once it has gone unrenewed for a whole time-to-live.
+    put_bytes(
+        &p.join(LEASE_NAME),
+        br#"{"holder":"pid 1 on gone","token":"0","ttl_ms":1500,"renewal":0,"written_unix_ms":0}"#.to_vec(),
+    )
+    .unwrap();
+    let c = Lease::acquire(&p, "writer C", ttl).unwrap();
+    assert_eq!(c.taken_over_from(), Some("pid 1 on gone"));
+    let on_disk = std::fs::read_to_string(server.file_of("runs/leased/.lock")).unwrap();
+    assert!(on_disk.contains("writer C"), "{on_disk}");
+}
