@@ -30,7 +30,9 @@ use serde::{Deserialize, Serialize};
 use crate::checkpoint::{CheckpointOptions, SnapshotSource, load_checkpoint, read_train_state, save_checkpoint};
 use crate::error::{CandleError, Result};
 use crate::optim::StatefulOptimizer;
-use crate::remote_run::{self, Prefix, Staging};
+#[cfg(feature = "object-store")]
+use crate::remote_run::Prefix;
+use crate::remote_run::{self, Remote, Staging};
 use crate::state_dict::LoadReport;
 use crate::train_state::TrainState;
 
@@ -75,6 +77,10 @@ pub struct ManagerOptions {
     pub checkpoint: CheckpointOptions,
     /// Verify checksums before resuming from a checkpoint (default on).
     pub verify_on_resume: bool,
+    /// Runs in an object store: the time-to-live of the writer's lease on the prefix (default
+    /// 60 s). The lease is renewed every third of it; a lease left by a process that died is
+    /// taken over once it has gone unrenewed this long, so a restarted job waits at most this.
+    pub lease_ttl: std::time::Duration,
 }
 
 impl Default for ManagerOptions {
@@ -86,6 +92,7 @@ impl Default for ManagerOptions {
             save_every_epoch: true,
             checkpoint: CheckpointOptions::default(),
             verify_on_resume: true,
+            lease_ttl: std::time::Duration::from_secs(60),
         }
     }
 }
@@ -152,7 +159,7 @@ struct Shared {
     opts: ManagerOptions,
     ledger: Ledger,
     /// The run's prefix in an object store, if it lives in one.
-    remote: Option<Prefix>,
+    remote: Option<Remote>,
 }
 
 /// What [`CheckpointManager::resume`] restored.
@@ -206,7 +213,7 @@ impl Shared {
     fn write_ledger(&self) -> Result<()> {
         let text = serde_json::to_string_pretty(&self.ledger).unwrap_or_default() + "\n";
         match &self.remote {
-            Some(prefix) => remote_run::put_ledger(prefix, text.as_bytes())?,
+            Some(remote) => remote_run::put_ledger(remote, text.as_bytes())?,
             None => write_atomic(&self.dir.join(LEDGER), text.as_bytes(), self.opts.checkpoint.write.has_fsync())?,
         }
         Ok(())
@@ -214,12 +221,12 @@ impl Shared {
 
     /// Uploads a checkpoint staged locally (runs in an object store) and removes the local copy;
     /// returns where it now is. Local runs: the path itself.
-    fn publish(remote: Option<&Prefix>, local: PathBuf) -> Result<PathBuf> {
-        let Some(prefix) = remote else { return Ok(local) };
-        remote_run::upload_checkpoint(prefix, &local)?;
+    fn publish(remote: Option<&Remote>, local: PathBuf) -> Result<PathBuf> {
+        let Some(remote) = remote else { return Ok(local) };
+        remote_run::upload_checkpoint(remote, &local)?;
         let name = local.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let _ = if local.is_dir() { std::fs::remove_dir_all(&local) } else { std::fs::remove_file(&local) };
-        Ok(PathBuf::from(remote_run::url(prefix, &name)))
+        Ok(PathBuf::from(remote_run::url(&remote.prefix, &name)))
     }
 
     /// Records a committed checkpoint, then applies retention (ledger first, files after).
@@ -233,8 +240,8 @@ impl Shared {
         self.ledger.checkpoints.retain(|e| keep.contains(&e.step));
         self.write_ledger()?;
         for e in dropped {
-            if let Some(prefix) = &self.remote {
-                remote_run::delete_checkpoint(prefix, &e.path)?;
+            if let Some(remote) = &self.remote {
+                remote_run::delete_checkpoint(remote, &e.path)?;
                 continue;
             }
             let p = self.dir.join(&e.path);
@@ -364,15 +371,32 @@ impl CheckpointManager {
     /// Checkpoints are staged in a local temporary directory and uploaded once complete (shards
     /// before their index, the ledger after the checkpoint). Half-uploaded sharded checkpoints
     /// left by a crash (shards without an index) are deleted, and complete checkpoints missing
-    /// from the ledger are verified and adopted. An object store has no locks: run one writer
-    /// per prefix.
+    /// from the ledger are verified and adopted.
+    ///
+    /// One writer at a time: the manager takes the prefix's lease (a `.lock` object written with
+    /// conditional puts and renewed in the background; see `safeckpt_store::Lease`) before it
+    /// touches anything, and fails with [`CandleError::Locked`] naming the holder while another
+    /// live process holds it. A lease whose holder died is taken over after it has gone
+    /// unrenewed for [`ManagerOptions::lease_ttl`]. Every upload, ledger write and deletion
+    /// checks the lease first, so a writer that lost it stops committing.
     #[cfg(feature = "object-store")]
     pub fn open_remote(prefix: Prefix, opts: ManagerOptions) -> Result<Self> {
+        let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let holder = format!("pid {} on {} since unix time {since}", std::process::id(), hostname());
+        let remote = remote_run::acquire(prefix, &holder, opts.lease_ttl)?;
+        if let Some(previous) = remote_run::taken_over_from(&remote) {
+            eprintln!(
+                "safeckpt: {}: took over the lease of {previous}, which had not renewed it for {:?}",
+                remote_run::url(&remote.prefix, ""),
+                opts.lease_ttl
+            );
+        }
+        let prefix = &remote.prefix;
         let staging = Staging::new()?;
-        let listing = remote_run::scan(&prefix)?;
+        let listing = remote_run::scan(prefix)?;
         let mut ledger: Ledger = match &listing.ledger {
             Some(bytes) => serde_json::from_slice(bytes).map_err(|e| CandleError::Checkpoint {
-                path: PathBuf::from(remote_run::url(&prefix, LEDGER)),
+                path: PathBuf::from(remote_run::url(prefix, LEDGER)),
                 reason: format!("the ledger is not valid JSON ({e}); move it away to rebuild it from the checkpoints"),
             })?,
             None => Ledger { version: 1, checkpoints: Vec::new() },
@@ -392,7 +416,7 @@ impl CheckpointManager {
                 continue;
             }
             let into = staging.0.join("adopt");
-            let found = remote_run::download_checkpoint(&prefix, name, *is_dir, &into).ok().and_then(|local| {
+            let found = remote_run::download_checkpoint(prefix, name, *is_dir, &into).ok().and_then(|local| {
                 let set = ShardedReader::open(&local).ok()?;
                 let reports = set.verify().ok().filter(|r| r.iter().all(|r| r.is_ok()))?;
                 Some((read_train_state(&set).ok()?, reports.iter().all(|r| r.has_checksums)))
@@ -405,13 +429,13 @@ impl CheckpointManager {
         }
         for (name, is_dir, has_index) in &listing.entries {
             if *is_dir && !has_index && parse_step(name).is_some() {
-                remote_run::delete_checkpoint(&prefix, name)?;
+                remote_run::delete_checkpoint(&remote, name)?;
             }
         }
         ledger.checkpoints.sort_by_key(|e| e.step);
         ledger.version = 1;
         let dir = staging.0.clone();
-        let shared = Shared { dir: dir.clone(), opts, ledger, remote: Some(prefix) };
+        let shared = Shared { dir: dir.clone(), opts, ledger, remote: Some(remote) };
         if shared.ledger != before {
             shared.write_ledger()?;
         }
@@ -437,7 +461,7 @@ impl CheckpointManager {
 
     /// Where a run in an object store lives (`None` for a local run).
     pub fn remote_url(&self) -> Option<String> {
-        self.shared().remote.as_ref().map(|p| remote_run::url(p, ""))
+        self.shared().remote.as_ref().map(|r| remote_run::url(&r.prefix, ""))
     }
 
     /// Checkpoints adopted from the directory when it was opened (see [`CheckpointManager::open`]).
@@ -472,8 +496,8 @@ impl CheckpointManager {
     /// The path of a ledger entry (the file, or the index of a sharded checkpoint); for a run in
     /// an object store, its URL.
     pub fn path_of(&self, e: &LedgerEntry) -> PathBuf {
-        if let Some(prefix) = &self.shared().remote {
-            return PathBuf::from(remote_run::url(prefix, &e.path));
+        if let Some(remote) = &self.shared().remote {
+            return PathBuf::from(remote_run::url(&remote.prefix, &e.path));
         }
         let p = self.dir.join(&e.path);
         if p.is_dir() { p.join(safeckpt_format::index::DEFAULT_INDEX_NAME) } else { p }
@@ -619,9 +643,9 @@ impl CheckpointManager {
             let into = self.dir.join(".resume");
             let path = match &remote {
                 None => Ok(self.path_of(entry)),
-                Some(prefix) => {
+                Some(remote) => {
                     let is_dir = !entry.path.ends_with(".safetensors");
-                    remote_run::download_checkpoint(prefix, &entry.path, is_dir, &into)
+                    remote_run::download_checkpoint(&remote.prefix, &entry.path, is_dir, &into)
                 }
             };
             let restored =

@@ -2,10 +2,15 @@
 //! checkpoint in a local directory exactly as for a local run (so an asynchronous save stalls
 //! training no longer), then uploads it: a sharded checkpoint's shards first and its index last,
 //! then the ledger. Retention deletes objects only after the ledger that drops them is written.
+//! The writer holds the prefix's lease (`safeckpt_store::Lease`, the `.lock` object) for as long
+//! as the manager lives and checks it before every write: a second writer is refused, and one
+//! whose lease was lost stops committing.
 //! Without the feature the prefix type is empty and none of this can be reached.
 #![cfg_attr(not(feature = "object-store"), allow(dead_code, unused_imports))]
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
 use crate::error::{CandleError, Result};
 
@@ -16,6 +21,21 @@ pub use safeckpt_store::ObjectLocation as Prefix;
 #[cfg(not(feature = "object-store"))]
 #[derive(Debug, Clone)]
 pub enum Prefix {}
+
+/// The writer's lease on a prefix (this build has no object-store support, so there is none).
+#[cfg(not(feature = "object-store"))]
+#[derive(Debug)]
+pub(crate) enum Lease {}
+
+#[cfg(feature = "object-store")]
+pub(crate) use safeckpt_store::Lease;
+
+/// A run's prefix and this writer's lease on it.
+#[derive(Debug, Clone)]
+pub(crate) struct Remote {
+    pub prefix: Prefix,
+    lease: Arc<Lease>,
+}
 
 /// What a run prefix holds: the ledger's bytes, and each `ckpt-*` entry with whether it is a
 /// sharded checkpoint and, if so, whether its index is there.
@@ -29,17 +49,22 @@ pub(crate) struct Listing {
 #[cfg(feature = "object-store")]
 mod imp {
     use safeckpt_format::index::DEFAULT_INDEX_NAME;
-    use safeckpt_store::{RemoteSet, StoreError, delete, list, put_bytes};
+    use safeckpt_store::{LEASE_NAME, RemoteSet, StoreError, delete, list, put_bytes};
 
     use super::*;
     use crate::manager::LEDGER;
 
     fn err(e: StoreError) -> CandleError {
+        if let StoreError::Locked { url, holder } = e {
+            let dir = PathBuf::from(url.strip_suffix(LEASE_NAME).unwrap_or(&url).trim_end_matches('/'));
+            return CandleError::Locked { dir, holder };
+        }
         let path = match &e {
             StoreError::Object { url, .. }
             | StoreError::NotFound { url }
             | StoreError::Invalid { url, .. }
-            | StoreError::Format { url, .. } => PathBuf::from(url),
+            | StoreError::Format { url, .. }
+            | StoreError::LeaseLost { url, .. } => PathBuf::from(url),
             _ => PathBuf::new(),
         };
         CandleError::Checkpoint { path, reason: e.to_string() }
@@ -49,9 +74,27 @@ mod imp {
         p.join(name).url()
     }
 
+    /// Takes the prefix's lease for this process (see `safeckpt_store::Lease`).
+    pub(crate) fn acquire(prefix: Prefix, holder: &str, ttl: Duration) -> Result<Remote> {
+        let lease = Lease::acquire(&prefix, holder, ttl).map_err(err)?;
+        Ok(Remote { prefix, lease: Arc::new(lease) })
+    }
+
+    /// Whether a lease was taken over from a holder that stopped renewing it, and whose.
+    pub(crate) fn taken_over_from(r: &Remote) -> Option<String> {
+        r.lease.taken_over_from().map(str::to_string)
+    }
+
+    fn check(r: &Remote) -> Result<()> {
+        r.lease.check().map_err(err)
+    }
+
     pub(crate) fn scan(p: &Prefix) -> Result<Listing> {
         let mut out = Listing::default();
         for (name, _) in list(p).map_err(err)? {
+            if name == LEASE_NAME {
+                continue;
+            }
             if name == LEDGER {
                 let bytes = safeckpt_store::read_object(&p.join(LEDGER), 64 << 20).map_err(err)?;
                 out.ledger = Some(bytes);
@@ -66,12 +109,15 @@ mod imp {
         Ok(out)
     }
 
-    pub(crate) fn put_ledger(p: &Prefix, bytes: &[u8]) -> Result<()> {
-        put_bytes(&p.join(LEDGER), bytes.to_vec()).map_err(err)
+    pub(crate) fn put_ledger(r: &Remote, bytes: &[u8]) -> Result<()> {
+        check(r)?;
+        put_bytes(&r.prefix.join(LEDGER), bytes.to_vec()).map_err(err)
     }
 
     /// Uploads a staged checkpoint (a file, or a directory whose index goes last).
-    pub(crate) fn upload_checkpoint(p: &Prefix, local: &Path) -> Result<()> {
+    pub(crate) fn upload_checkpoint(r: &Remote, local: &Path) -> Result<()> {
+        check(r)?;
+        let p = &r.prefix;
         let name = local.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         if local.is_dir() {
             let mut files: Vec<PathBuf> = std::fs::read_dir(local)
@@ -92,7 +138,9 @@ mod imp {
 
     /// Deletes a checkpoint: a file, or a sharded one's index first (it stops being a
     /// checkpoint at once), then its shards.
-    pub(crate) fn delete_checkpoint(p: &Prefix, name: &str) -> Result<()> {
+    pub(crate) fn delete_checkpoint(r: &Remote, name: &str) -> Result<()> {
+        check(r)?;
+        let p = &r.prefix;
         let as_dir = p.join(name);
         let inner = list(&as_dir).map_err(err)?;
         if inner.is_empty() {
@@ -124,21 +172,29 @@ mod imp {
     pub(crate) fn scan(p: &Prefix) -> Result<Listing> {
         match *p {}
     }
-    pub(crate) fn put_ledger(p: &Prefix, _: &[u8]) -> Result<()> {
-        match *p {}
+    pub(crate) fn acquire(p: Prefix, _: &str, _: Duration) -> Result<Remote> {
+        match p {}
     }
-    pub(crate) fn upload_checkpoint(p: &Prefix, _: &Path) -> Result<()> {
-        match *p {}
+    pub(crate) fn taken_over_from(r: &Remote) -> Option<String> {
+        match r.prefix {}
     }
-    pub(crate) fn delete_checkpoint(p: &Prefix, _: &str) -> Result<()> {
-        match *p {}
+    pub(crate) fn put_ledger(r: &Remote, _: &[u8]) -> Result<()> {
+        match r.prefix {}
+    }
+    pub(crate) fn upload_checkpoint(r: &Remote, _: &Path) -> Result<()> {
+        match r.prefix {}
+    }
+    pub(crate) fn delete_checkpoint(r: &Remote, _: &str) -> Result<()> {
+        match r.prefix {}
     }
     pub(crate) fn download_checkpoint(p: &Prefix, _: &str, _: bool, _: &Path) -> Result<PathBuf> {
         match *p {}
     }
 }
 
-pub(crate) use imp::{delete_checkpoint, download_checkpoint, put_ledger, scan, upload_checkpoint, url};
+pub(crate) use imp::{
+    acquire, delete_checkpoint, download_checkpoint, put_ledger, scan, taken_over_from, upload_checkpoint, url,
+};
 
 /// A private local directory for staging, removed on drop.
 #[derive(Debug)]

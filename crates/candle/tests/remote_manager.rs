@@ -2,7 +2,7 @@
 
 use safeckpt_candle::optim::{AdamW, ParamsAdamW, StatefulOptimizer};
 use safeckpt_candle::store::StoreOptions;
-use safeckpt_candle::{CheckpointManager, CheckpointOptions, KeepBest, ManagerOptions, Mode, TrainState};
+use safeckpt_candle::{CandleError, CheckpointManager, CheckpointOptions, KeepBest, ManagerOptions, Mode, TrainState};
 use safeckpt_writer::WriteOptions;
 
 use crate::common::{bits, seeded_model, train_step};
@@ -59,6 +59,7 @@ fn a_run_on_a_bucket_prefix_keeps_resumes_and_adopts() {
     assert_eq!(
         objects(&server, "runs/exp1"),
         [
+            ".lock",
             "ckpt-000000000002.safetensors",
             "ckpt-000000000004.safetensors",
             "ckpt-000000000005.safetensors",
@@ -108,7 +109,7 @@ fn sharded_checkpoints_upload_their_index_last_and_retention_deletes_them() {
         m.save_async(&vars, Some(&opt), &TrainState::new(0, step)).unwrap();
     }
     m.wait().unwrap();
-    assert_eq!(objects(&server, "runs/sharded"), ["ckpt-000000000002", "ckpt-000000000003", "ledger.json"]);
+    assert_eq!(objects(&server, "runs/sharded"), [".lock", "ckpt-000000000002", "ckpt-000000000003", "ledger.json"]);
     let inner = objects(&server, "runs/sharded/ckpt-000000000003");
     assert!(inner.len() > 2 && inner.contains(&"model.safetensors.index.json".to_string()), "{inner:?}");
     let expected = bits(&vars);
@@ -118,4 +119,69 @@ fn sharded_checkpoints_upload_their_index_last_and_retention_deletes_them() {
     let r = m.resume(&fresh, None).unwrap().unwrap();
     assert_eq!(r.entry.step, 3);
     assert_eq!(bits(&fresh), expected);
+}
+
+#[test]
+fn one_writer_per_prefix_and_a_dead_writers_lease_is_taken_over() {
+    let Some(server) = s3::Server::start() else { return };
+    let ttl = std::time::Duration::from_millis(1500);
+    let opts = ManagerOptions { lease_ttl: ttl, ..options(None) };
+    let (_, _, vars) = seeded_model(6);
+    let mut first =
+        CheckpointManager::open_remote(server.location("runs/shared", StoreOptions::default()), opts.clone()).unwrap();
+    first.save(&vars, None, &TrainState::new(0, 1)).unwrap();
+    // A second job given the same prefix is refused and names the first; it touches nothing.
+    match CheckpointManager::open_remote(server.location("runs/shared", StoreOptions::default()), opts.clone()) {
+        Err(e @ CandleError::Locked { .. }) => {
+            let text = e.to_string();
+            assert!(text.contains(&format!("pid {}", std::process::id())) && text.contains("runs/shared"), "{text}");
+        }
+        other => panic!("expected Locked, got {other:?}"),
+    }
+    // The first goes on saving across several lease lifetimes.
+    std::thread::sleep(ttl * 2);
+    first.save(&vars, None, &TrainState::new(0, 2)).unwrap();
+    drop(first);
+    assert!(!objects(&server, "runs/shared").contains(&".lock".to_string()), "closing releases the lease");
+    let second =
+        CheckpointManager::open_remote(server.location("runs/shared", StoreOptions::default()), opts.clone()).unwrap();
+    assert_eq!(second.latest().unwrap().step, 2);
+    drop(second);
+
+    // A writer that died holding the lease (its record stays, never renewed): the next one waits
+    // one time-to-live, then takes over.
+    let lease = server.location("runs/shared/.lock", StoreOptions::default());
+    let record = br#"{"holder":"pid 4242 on node-7","token":"dead","ttl_ms":1500,"renewal":9,"written_unix_ms":0}"#;
+    safeckpt_candle::store::put_bytes(&lease, record.to_vec()).unwrap();
+    let t = std::time::Instant::now();
+    let mut third =
+        CheckpointManager::open_remote(server.location("runs/shared", StoreOptions::default()), opts).unwrap();
+    assert!(t.elapsed() >= ttl, "{:?}", t.elapsed());
+    third.save(&vars, None, &TrainState::new(0, 3)).unwrap();
+    assert_eq!(third.entries().iter().map(|e| e.step).collect::<Vec<_>>(), [2, 3]);
+}
+
+#[test]
+fn a_writer_that_lost_its_lease_commits_nothing() {
+    let Some(server) = s3::Server::start() else { return };
+    let ttl = std::time::Duration::from_millis(1500);
+    let opts = ManagerOptions { lease_ttl: ttl, ..options(None) };
+    let (_, _, vars) = seeded_model(8);
+    let mut m = CheckpointManager::open_remote(server.location("runs/lost", StoreOptions::default()), opts).unwrap();
+    m.save(&vars, None, &TrainState::new(0, 1)).unwrap();
+    // Another party replaces the lease object (for example an operator forcing a takeover).
+    let lease = server.location("runs/lost/.lock", StoreOptions::default());
+    safeckpt_candle::store::put_bytes(&lease, br#"{"holder":"operator"}"#.to_vec()).unwrap();
+    std::thread::sleep(ttl);
+    let err = m.save(&vars, None, &TrainState::new(0, 2)).unwrap_err();
+    assert!(err.to_string().contains("lease is lost"), "{err}");
+    let names = objects(&server, "runs/lost");
+    assert_eq!(names, [".lock", "ckpt-000000000001.safetensors", "ledger.json"], "step 2 was not uploaded");
+    let ledger = std::fs::read_to_string(server.file_of("runs/lost/ledger.json")).unwrap();
+    assert!(!ledger.contains("000000000002"), "{ledger}");
+    drop(m);
+    assert!(
+        std::fs::read_to_string(server.file_of("runs/lost/.lock")).unwrap().contains("operator"),
+        "the lost writer leaves the new lease alone"
+    );
 }
