@@ -497,7 +497,12 @@ impl CheckpointManager {
     /// an object store, its URL.
     pub fn path_of(&self, e: &LedgerEntry) -> PathBuf {
         if let Some(remote) = &self.shared().remote {
-            return PathBuf::from(remote_run::url(&remote.prefix, &e.path));
+            let name = if e.path.ends_with(".safetensors") {
+                e.path.clone()
+            } else {
+                format!("{}/{}", e.path, safeckpt_format::index::DEFAULT_INDEX_NAME)
+            };
+            return PathBuf::from(remote_run::url(&remote.prefix, &name));
         }
         let p = self.dir.join(&e.path);
         if p.is_dir() { p.join(safeckpt_format::index::DEFAULT_INDEX_NAME) } else { p }

@@ -67,7 +67,10 @@ mod imp {
             | StoreError::LeaseLost { url, .. } => PathBuf::from(url),
             _ => PathBuf::new(),
         };
-        CandleError::Checkpoint { path, reason: e.to_string() }
+        let text = e.to_string();
+        let prefix = format!("{}: ", path.display());
+        let reason = text.strip_prefix(&prefix).map_or_else(|| text.clone(), str::to_string);
+        CandleError::Checkpoint { path, reason }
     }
 
     pub(crate) fn url(p: &Prefix, name: &str) -> String {
@@ -76,7 +79,14 @@ mod imp {
 
     /// Takes the prefix's lease for this process (see `safeckpt_store::Lease`).
     pub(crate) fn acquire(prefix: Prefix, holder: &str, ttl: Duration) -> Result<Remote> {
-        let lease = Lease::acquire(&prefix, holder, ttl).map_err(err)?;
+        let url = prefix.url();
+        let waiting = |other: &str| {
+            eprintln!(
+                "safeckpt: {url} is held by {other}; watching its lease (up to {ttl:?}) to see whether that writer is \
+                 still alive"
+            )
+        };
+        let lease = Lease::acquire_reporting(&prefix, holder, ttl, &waiting).map_err(err)?;
         Ok(Remote { prefix, lease: Arc::new(lease) })
     }
 

@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, ensure};
 use safeckpt_reader::{Reader, ShardedReader};
+use safeckpt_store::StoreOptions;
 use safeckpt_torch::{ConvertOptions, TorchArchive};
 use safeckpt_writer::{WriteOptions, write_file, write_sharded};
 
@@ -21,16 +22,16 @@ const TORCH_CHECKPOINT: &[u8] = include_bytes!("../../../fixtures/pytorch/checkp
 /// A pickle that runs `os.system` when `torch.load(weights_only=False)` opens it.
 const EVIL_PICKLE: &[u8] = include_bytes!("../../../fixtures/pytorch/evil_os_system.pth");
 
-/// Runs the demo. With a directory: a resumable training run there. Without: a training run and
-/// then a tour of the storage engine, in a temporary directory removed afterwards.
-pub fn run(dir: Option<&Path>, train: &TrainArgs) -> Result<()> {
+/// Runs the demo. With a directory (or an object-store prefix): a resumable training run there.
+/// Without: a training run and then a tour of the storage engine, in a temporary directory
+/// removed afterwards.
+pub fn run(dir: Option<&Path>, train: &TrainArgs, store: &StoreOptions) -> Result<()> {
     if let Some(d) = dir {
-        std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
-        return crate::train::run(d, train);
+        return crate::train::run(d, train, store);
     }
     let tmp = tempfile::Builder::new().prefix("safeckpt-demo-").tempdir()?;
     println!("safeckpt demo, part 1: train, checkpoint and resume a candle model\n");
-    crate::train::run(&tmp.path().join("run"), train)?;
+    crate::train::run(&tmp.path().join("run"), train, store)?;
     println!("\nsafeckpt demo, part 2: the storage engine\n");
     tour(tmp.path())
 }

@@ -127,8 +127,9 @@ enum Command {
     /// every epoch (keeping the best by validation loss), then serve the best checkpoint from a
     /// memory map; without --dir, also tour the storage engine and the PyTorch importer.
     Demo {
-        /// Run directory: the run resumes by itself from its latest checkpoint. Without it, a
-        /// temporary directory is used and removed afterwards.
+        /// Run directory, or a prefix in an object store (`s3://bucket/runs/demo`): the run resumes
+        /// by itself from its latest checkpoint. Without it, a temporary directory is used and
+        /// removed afterwards.
         #[arg(long)]
         dir: Option<PathBuf>,
         /// Epochs to train in total.
@@ -231,7 +232,7 @@ fn run(cli: Cli) -> Result<i32> {
             Ok(EXIT_OK)
         }
         Command::Demo { dir, epochs, stop_after_epoch, seed, quiet } => {
-            demo::run(dir.as_deref(), &train::TrainArgs { epochs, stop_after_epoch, seed, quiet })?;
+            demo::run(dir.as_deref(), &train::TrainArgs { epochs, stop_after_epoch, seed, quiet }, &store)?;
             Ok(EXIT_OK)
         }
         Command::Diff { a, b, atol, all_metadata } => {

@@ -19,6 +19,7 @@ use safeckpt_reader::ShardedReader;
 use serde_json::json;
 
 use crate::util::human_duration;
+use safeckpt_store::{Location, StoreOptions};
 
 /// Options of a training run.
 #[derive(Debug, Clone)]
@@ -183,8 +184,8 @@ pub fn state_digest(vars: &[(String, Var)], opt: &dyn StatefulOptimizer) -> Resu
     Ok(format!("{:032x}", h.digest128()))
 }
 
-/// Runs (or resumes) training in `dir`.
-pub fn run(dir: &Path, args: &TrainArgs) -> Result<()> {
+/// Runs (or resumes) training in `dir`: a run directory, or a prefix in an object store.
+pub fn run(dir: &Path, args: &TrainArgs, store: &StoreOptions) -> Result<()> {
     let say = |s: String| {
         if !args.quiet {
             println!("{s}");
@@ -200,8 +201,17 @@ pub fn run(dir: &Path, args: &TrainArgs) -> Result<()> {
         save_every_epoch: true,
         ..Default::default()
     };
-    let mut manager =
-        CheckpointManager::open(dir, options).with_context(|| format!("opening run directory {}", dir.display()))?;
+    let mut manager = match crate::remote::location(dir, store)? {
+        Location::Local(dir) => {
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            CheckpointManager::open(&dir, options)
+                .with_context(|| format!("opening run directory {}", dir.display()))?
+        }
+        Location::Object(prefix) => {
+            let url = prefix.url();
+            CheckpointManager::open_remote(prefix, options).with_context(|| format!("opening the run at {url}"))?
+        }
+    };
     opt.set_fence(Some(manager.fence()));
     let (mut epoch, mut step) = (0u64, 0u64);
     match manager.resume(&vars, Some(&mut opt))? {
@@ -270,9 +280,10 @@ pub fn run(dir: &Path, args: &TrainArgs) -> Result<()> {
     say(format!("trained to epoch {epoch} (step {step}) in {}", human_duration(t0.elapsed())));
     say(format!("final weights and optimizer state digest: {digest}"));
 
-    // Inference from the best checkpoint, memory-mapped.
+    // Inference from the best checkpoint, memory-mapped (downloaded first from a store).
     if let Some(best) = manager.best() {
-        let path = manager.path_of(&best);
+        let input = crate::remote::local_input(&manager.path_of(&best), store, true)?;
+        let path = input.path.clone();
         let set = ShardedReader::open(&path)?;
         let vb = safeckpt_candle::var_builder(&path, DType::F32, &Device::Cpu)?;
         let served = Mlp::new(vb.pp("model"))?;

@@ -364,3 +364,24 @@ fn urls_work_in_every_command() {
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(text(&o).contains("s3://ckpt/sharded/model-00002-of-00004.safetensors"), "{}", text(&o));
 }
+
+#[test]
+fn a_training_run_on_a_bucket_prefix_resumes_bit_exactly() {
+    let Some(server) = s3::Server::start() else { return };
+    let run_s3 = |args: &[&str]| bin().args(args).envs(server.env()).output().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let local = dir.path().join("straight");
+    let straight = run(&["demo", "--dir", local.to_str().unwrap(), "--epochs", "4", "--seed", "5"]);
+    assert!(straight.status.success(), "{}", text(&straight));
+    let prefix = "s3://ckpt/runs/demo";
+    let first = run_s3(&["demo", "--dir", prefix, "--epochs", "4", "--seed", "5", "--stop-after-epoch", "2"]);
+    assert!(text(&first).contains("new run in s3://ckpt/runs/demo"), "{}", text(&first));
+    assert!(text(&first).contains("stopping after epoch 2"), "{}", text(&first));
+    assert!(server.file_of("runs/demo/ledger.json").exists());
+    assert!(!server.file_of("runs/demo/.lock").exists(), "the lease is released when the run ends");
+    let resumed = run_s3(&["demo", "--dir", prefix, "--epochs", "4", "--seed", "5"]);
+    assert!(resumed.status.success(), "{}", text(&resumed));
+    assert!(text(&resumed).contains("resumed from ckpt-000000000"), "{}", text(&resumed));
+    assert!(text(&resumed).contains("memory-mapped for inference"), "{}", text(&resumed));
+    assert_eq!(digest(&straight), digest(&resumed));
+}

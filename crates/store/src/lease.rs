@@ -161,6 +161,18 @@ impl Lease {
     /// `ttl` when its holder is gone; otherwise fails with [`StoreError::Locked`] naming the
     /// holder, as soon as a renewal is seen (within about a third of the holder's time-to-live).
     pub fn acquire(prefix: &ObjectLocation, holder: &str, ttl: Duration) -> Result<Lease> {
+        Self::acquire_reporting(prefix, holder, ttl, &|_| {})
+    }
+
+    /// [`Lease::acquire`], calling `waiting` with the holder's description when the lease is
+    /// taken and this call starts watching whether its holder is alive (which takes up to a
+    /// time-to-live), so that a program can tell its user why it waits.
+    pub fn acquire_reporting(
+        prefix: &ObjectLocation,
+        holder: &str,
+        ttl: Duration,
+        waiting: &dyn Fn(&str),
+    ) -> Result<Lease> {
         let ttl = ttl.max(Duration::from_millis(300));
         let inner = Arc::new(Inner {
             loc: prefix.join(LEASE_NAME),
@@ -187,10 +199,11 @@ impl Lease {
                 // Our own create, retried after its response was lost.
                 break seen;
             }
+            waiting(record.as_ref().map_or("an unreadable lease object", |r| r.holder.as_str()));
             let since = Instant::now();
             let holder_ttl = record.as_ref().map_or(ttl, |r| Duration::from_millis(r.ttl_ms).max(ttl));
             loop {
-                std::thread::sleep((holder_ttl / 6).min(Duration::from_secs(5)));
+                std::thread::sleep((holder_ttl / 6).min(Duration::from_secs(1)));
                 match inner.read()? {
                     None => continue 'acquired,
                     Some((now, record)) if now != seen => {
