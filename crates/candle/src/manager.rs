@@ -52,7 +52,7 @@ pub enum Mode {
 }
 
 /// Keep the best checkpoints by a named metric, like Keras's `ModelCheckpoint(monitor, mode)`.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct KeepBest {
     /// The metric, as named in [`TrainState::metrics`].
     pub metric: String,
@@ -115,10 +115,37 @@ pub struct LedgerEntry {
     pub checksums: bool,
 }
 
+/// A run's `ledger.json`: every complete checkpoint, oldest first, and the retention policy
+/// that wrote it (so that tools can tell which checkpoint is the best).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-struct Ledger {
-    version: u64,
-    checkpoints: Vec<LedgerEntry>,
+pub struct Ledger {
+    /// Format version (1).
+    pub version: u64,
+    /// The checkpoints, by step.
+    pub checkpoints: Vec<LedgerEntry>,
+    /// The keep-best policy of the writer, if it had one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_best: Option<KeepBest>,
+}
+
+impl Ledger {
+    /// The most bytes of a ledger that are read.
+    pub const MAX_LEN: u64 = 64 << 20;
+
+    /// Parses a ledger's bytes.
+    pub fn parse(bytes: &[u8]) -> std::result::Result<Ledger, String> {
+        serde_json::from_slice(bytes).map_err(|e| format!("the ledger is not valid JSON ({e})"))
+    }
+
+    /// The newest checkpoint.
+    pub fn latest(&self) -> Option<&LedgerEntry> {
+        self.checkpoints.iter().max_by_key(|e| e.step)
+    }
+
+    /// The best checkpoint by the recorded keep-best policy.
+    pub fn best(&self) -> Option<&LedgerEntry> {
+        self.keep_best.as_ref().and_then(|b| best_entries(&self.checkpoints, b).first().copied())
+    }
 }
 
 /// Blocks an optimizer step while an asynchronous save is still copying the variables.
@@ -320,12 +347,21 @@ impl CheckpointManager {
             }
         }
         let ledger_path = dir.join(LEDGER);
-        let mut ledger: Ledger = match std::fs::read(&ledger_path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| CandleError::Checkpoint {
+        let read_ledger = |p: &Path| -> std::io::Result<Vec<u8>> {
+            use std::io::Read;
+            let mut bytes = Vec::new();
+            File::open(p)?.take(Ledger::MAX_LEN + 1).read_to_end(&mut bytes)?;
+            if bytes.len() as u64 > Ledger::MAX_LEN {
+                return Err(std::io::Error::other(format!("the ledger is over {} bytes", Ledger::MAX_LEN)));
+            }
+            Ok(bytes)
+        };
+        let mut ledger: Ledger = match read_ledger(&ledger_path) {
+            Ok(bytes) => Ledger::parse(&bytes).map_err(|e| CandleError::Checkpoint {
                 path: ledger_path.clone(),
-                reason: format!("the ledger is not valid JSON ({e}); move it away to rebuild it from the checkpoints"),
+                reason: format!("{e}; move it away to rebuild it from the checkpoints"),
             })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ledger { version: 1, checkpoints: Vec::new() },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ledger::default(),
             Err(e) => return Err(CandleError::io(ledger_path, e)),
         };
         let before = ledger.clone();
@@ -351,6 +387,7 @@ impl CheckpointManager {
         }
         ledger.checkpoints.sort_by_key(|e| e.step);
         ledger.version = 1;
+        ledger.keep_best = opts.keep_best.clone();
         let shared = Shared { dir: dir.clone(), opts, ledger, remote: None };
         if shared.ledger != before {
             shared.write_ledger()?;
@@ -395,11 +432,11 @@ impl CheckpointManager {
         let staging = Staging::new()?;
         let listing = remote_run::scan(prefix)?;
         let mut ledger: Ledger = match &listing.ledger {
-            Some(bytes) => serde_json::from_slice(bytes).map_err(|e| CandleError::Checkpoint {
+            Some(bytes) => Ledger::parse(bytes).map_err(|e| CandleError::Checkpoint {
                 path: PathBuf::from(remote_run::url(prefix, LEDGER)),
-                reason: format!("the ledger is not valid JSON ({e}); move it away to rebuild it from the checkpoints"),
+                reason: format!("{e}; move it away to rebuild it from the checkpoints"),
             })?,
-            None => Ledger { version: 1, checkpoints: Vec::new() },
+            None => Ledger::default(),
         };
         let before = ledger.clone();
         let complete: BTreeMap<&str, bool> = listing
@@ -434,6 +471,7 @@ impl CheckpointManager {
         }
         ledger.checkpoints.sort_by_key(|e| e.step);
         ledger.version = 1;
+        ledger.keep_best = opts.keep_best.clone();
         let dir = staging.0.clone();
         let shared = Shared { dir: dir.clone(), opts, ledger, remote: Some(remote) };
         if shared.ledger != before {

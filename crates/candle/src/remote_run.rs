@@ -106,7 +106,7 @@ mod imp {
                 continue;
             }
             if name == LEDGER {
-                let bytes = safeckpt_store::read_object(&p.join(LEDGER), 64 << 20).map_err(err)?;
+                let bytes = safeckpt_store::read_object(&p.join(LEDGER), crate::Ledger::MAX_LEN).map_err(err)?;
                 out.ledger = Some(bytes);
             } else if let Some(dir) = name.strip_suffix('/') {
                 let inner = list(&p.join(dir)).map_err(err)?;

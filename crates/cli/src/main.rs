@@ -7,6 +7,7 @@ mod diff;
 mod inspect;
 mod remote;
 mod reshard;
+mod run_info;
 mod torch_cmd;
 mod train;
 mod util;
@@ -173,7 +174,12 @@ fn run(cli: Cli) -> Result<i32> {
     let store = remote::store_options(cli.endpoint.as_deref());
     match cli.command {
         Command::Inspect { path, json } => {
-            let text = match remote::location(&path, &store)? {
+            let loc = remote::location(&path, &store)?;
+            if let Some(run) = run_info::open(&loc)? {
+                print!("{}", run.render(json)?);
+                return Ok(EXIT_OK);
+            }
+            let text = match loc {
                 safeckpt_store::Location::Object(o) if !torch_cmd::is_torch_file(&path) => {
                     let set = safeckpt_store::RemoteSet::open(&o)?;
                     let mut text = inspect::render(&inspect::SetHeaders::remote(&set), json)?;
@@ -247,7 +253,7 @@ fn main() {
     let code = match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", util::error_text(&e));
             exit_code(&e)
         }
     };

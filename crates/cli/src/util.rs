@@ -135,6 +135,23 @@ pub fn natural_cmp(a: &str, b: &str) -> Ordering {
     }
 }
 
+/// An error and its causes on one line, each cause once: the library errors already include
+/// their cause in their own message, so a cause whose text is already there is not repeated.
+pub fn error_text(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -150,5 +167,13 @@ mod tests {
         let mut v = vec!["h.10.w", "h.2.w", "h.2.b", "a"];
         v.sort_by(|a, b| natural_cmp(a, b));
         assert_eq!(v, ["a", "h.2.b", "h.2.w", "h.10.w"]);
+    }
+
+    #[test]
+    fn each_cause_appears_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "No such file or directory (os error 2)");
+        let e = anyhow::Error::new(safeckpt_reader::ReadError::Io { path: "/m.safetensors".into(), source: io })
+            .context("opening the model");
+        assert_eq!(error_text(&e), "opening the model: /m.safetensors: No such file or directory (os error 2)");
     }
 }

@@ -15,6 +15,9 @@ use crate::util::{EXIT_FAILURE, EXIT_OK, Exit, human_bytes, human_duration, prog
 /// without checksums when they are required). Structural problems surface as errors (exit 2)
 /// from opening.
 pub fn verify(path: &Path, opts: &StoreOptions, as_json: bool, quiet: bool, require_checksums: bool) -> Result<i32> {
+    if let Some(run) = crate::run_info::open(&location(path, opts)?)? {
+        return verify_run(&run, opts, as_json, quiet, require_checksums);
+    }
     let start = Instant::now();
     let hidden = quiet || as_json;
     let (shown, reports, tensors) = match location(path, opts)? {
@@ -86,6 +89,53 @@ pub fn verify(path: &Path, opts: &StoreOptions, as_json: bool, quiet: bool, requ
             eprintln!("FAILED  {f}");
         }
         return Err(Exit(EXIT_FAILURE, format!("{shown}: {} integrity failure(s)", failures.len())).into());
+    }
+    Ok(EXIT_OK)
+}
+
+/// Verifies every checkpoint of a run; one line each, newest first. A checkpoint the ledger
+/// records as written with checksums must still carry them. Exit 1 when any fails.
+fn verify_run(
+    run: &crate::run_info::Run,
+    opts: &StoreOptions,
+    as_json: bool,
+    quiet: bool,
+    require_checksums: bool,
+) -> Result<i32> {
+    let mut results = Vec::new();
+    let mut failed = 0;
+    for e in run.ledger.checkpoints.iter().rev() {
+        let path = run.checkpoint(e);
+        let outcome = verify(&path, opts, false, true, require_checksums || e.checksums);
+        let problem = match &outcome {
+            Ok(code) if *code == EXIT_OK => None,
+            Ok(code) => Some(format!("exit {code}")),
+            Err(err) => Some(crate::util::error_text(err)),
+        };
+        if problem.is_some() {
+            failed += 1;
+        }
+        if as_json {
+            results.push(
+                json!({"step": e.step, "path": path.display().to_string(), "ok": problem.is_none(), "error": problem}),
+            );
+        } else if let Some(p) = &problem {
+            eprintln!("FAILED  step {}: {p}", e.step);
+        } else if !quiet {
+            println!("OK      step {}: {}", e.step, path.display());
+        }
+    }
+    let n = run.ledger.checkpoints.len();
+    if as_json {
+        let doc = json!({"run": run.shown(), "ok": failed == 0, "checkpoints": results});
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+        return Ok(if failed == 0 { EXIT_OK } else { EXIT_FAILURE });
+    }
+    if failed > 0 {
+        return Err(Exit(EXIT_FAILURE, format!("{}: {failed} of {n} checkpoint(s) failed", run.shown())).into());
+    }
+    if !quiet {
+        println!("OK  {}: all {n} checkpoint(s) verified", run.shown());
     }
     Ok(EXIT_OK)
 }

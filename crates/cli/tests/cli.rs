@@ -384,4 +384,66 @@ fn a_training_run_on_a_bucket_prefix_resumes_bit_exactly() {
     assert!(text(&resumed).contains("resumed from ckpt-000000000"), "{}", text(&resumed));
     assert!(text(&resumed).contains("memory-mapped for inference"), "{}", text(&resumed));
     assert_eq!(digest(&straight), digest(&resumed));
+    // The run as a whole: listed from the ledger, every checkpoint verified remotely.
+    let o = run_s3(&["inspect", prefix]);
+    assert!(
+        text(&o).contains("run s3://ckpt/runs/demo: 2 checkpoints") && text(&o).contains("writer: none"),
+        "{}",
+        text(&o)
+    );
+    let o = run_s3(&["verify", prefix]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+}
+
+#[test]
+fn a_run_directory_is_listed_and_every_checkpoint_verified() {
+    let dir = tempfile::tempdir().unwrap();
+    let run_dir = dir.path().join("run");
+    let d = run_dir.to_str().unwrap();
+    assert!(run(&["demo", "--dir", d, "--epochs", "4", "--seed", "3", "-q"]).status.success());
+    let o = run(&["inspect", d]);
+    assert!(o.status.success(), "{}", text(&o));
+    let out = text(&o);
+    assert!(out.contains("keeps the best 1 by val_loss (lowest) besides the latest"), "{out}");
+    assert!(out.contains("writer: none (the last was pid"), "{out}");
+    assert!(out.lines().any(|l| l.contains("ckpt-000000000252.safetensors") && l.contains("latest")), "{out}");
+    let o = run(&["inspect", d, "--json"]);
+    let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let cps = doc["checkpoints"].as_array().unwrap();
+    assert_eq!(cps.last().unwrap()["step"], 252);
+    assert_eq!(cps.iter().filter(|c| c["best"] == true).count(), 1);
+    assert!(cps.iter().all(|c| c["bytes"].as_u64().unwrap() > 40_000 && c["checksums"] == true));
+    // A process holding the run (its lock) is reported without disturbing it.
+    let lock = std::fs::File::open(run_dir.join(".lock")).unwrap();
+    lock.try_lock().unwrap();
+    assert!(text(&run(&["inspect", d])).contains("(holds the lock now)"));
+    drop(lock);
+    let o = run(&["verify", d]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(text(&o).contains("all 2 checkpoint(s) verified"), "{}", text(&o));
+    // One damaged checkpoint: named by step, exit 1; the other still checks out.
+    let victim = run_dir.join("ckpt-000000000189.safetensors");
+    let mut bytes = std::fs::read(&victim).unwrap();
+    let n = bytes.len();
+    bytes[n - 9] ^= 0x40;
+    std::fs::write(&victim, bytes).unwrap();
+    let o = run(&["verify", d]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("FAILED  step 189"), "{}", text(&o));
+    assert!(text(&o).contains("OK      step 252"), "{}", text(&o));
+    assert!(text(&o).contains("1 of 2 checkpoint(s) failed"), "{}", text(&o));
+}
+
+#[test]
+fn a_plain_directory_opens_its_checkpoint_and_errors_say_why_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = run(&["inspect", dir.path().to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("is a directory with no safetensors file or index in it"), "{}", text(&o));
+    std::fs::copy(fixtures().join("models/tiny-gpt.safetensors"), dir.path().join("model.safetensors")).unwrap();
+    let o = run(&["verify", dir.path().to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let missing = dir.path().join("absent.safetensors");
+    let o = run(&["inspect", missing.to_str().unwrap()]);
+    assert_eq!(text(&o).matches("No such file or directory").count(), 1, "{}", text(&o));
 }

@@ -87,7 +87,14 @@ impl Reader {
     pub unsafe fn open_mmap(path: impl AsRef<Path>, opts: &ReadOptions) -> Result<Reader> {
         let path = path.as_ref();
         let file = File::open(path).map_err(|e| ReadError::io(path, e))?;
-        let len = file.metadata().map_err(|e| ReadError::io(path, e))?.len();
+        let meta = file.metadata().map_err(|e| ReadError::io(path, e))?;
+        if meta.is_dir() {
+            return Err(ReadError::io(
+                path,
+                std::io::Error::new(std::io::ErrorKind::IsADirectory, "is a directory, not a safetensors file"),
+            ));
+        }
+        let len = meta.len();
         if len < LEN_PREFIX as u64 {
             // Too short to map meaningfully; read it so the format error is the one reported.
             let bytes = std::fs::read(path).map_err(|e| ReadError::io(path, e))?;

@@ -28,15 +28,56 @@ pub struct ShardedReader {
     pieces: HashSet<String>,
 }
 
+/// The checkpoint a directory holds, as model repositories lay it out: its one shard index
+/// (`*.safetensors.index.json`), otherwise its one `*.safetensors` file. Anything else is an error
+/// that says what the directory holds.
+pub fn resolve_dir(dir: &Path) -> Result<PathBuf> {
+    let entries = std::fs::read_dir(dir).map_err(|e| ReadError::io(dir, e))?;
+    let (mut indexes, mut files) = (Vec::new(), Vec::new());
+    for entry in entries {
+        let name = entry.map_err(|e| ReadError::io(dir, e))?.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') {
+            continue;
+        }
+        if name.ends_with(".safetensors.index.json") {
+            indexes.push(name);
+        } else if name.ends_with(".safetensors") {
+            files.push(name);
+        }
+    }
+    indexes.sort();
+    files.sort();
+    let reason = match (indexes.as_slice(), files.as_slice()) {
+        ([one], _) | ([], [one]) => return Ok(dir.join(one)),
+        ([], []) => "is a directory with no safetensors file or index in it".to_string(),
+        ([], many) => {
+            format!("is a directory of {} safetensors files and no index; name one ({})", many.len(), list(many))
+        }
+        (many, _) => format!("is a directory with {} shard indexes; name one ({})", many.len(), list(many)),
+    };
+    Err(ReadError::io(dir, std::io::Error::new(std::io::ErrorKind::IsADirectory, reason)))
+}
+
+fn list(names: &[String]) -> String {
+    let shown: Vec<&str> = names.iter().take(4).map(String::as_str).collect();
+    if names.len() > 4 { format!("{}, ...", shown.join(", ")) } else { shown.join(", ") }
+}
+
 impl ShardedReader {
-    /// Opens an index (a path ending in `.json`) or a single safetensors file.
+    /// Opens an index (a path ending in `.json`), a single safetensors file, or a directory
+    /// holding one of them (see [`resolve_dir`]), as a model repository is laid out.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         Self::open_with(path, &ReadOptions::default())
     }
 
     /// [`ShardedReader::open`] with options for each shard.
     pub fn open_with(path: impl AsRef<Path>, opts: &ReadOptions) -> Result<Self> {
-        let path = path.as_ref();
+        let resolved;
+        let mut path = path.as_ref();
+        if path.is_dir() {
+            resolved = resolve_dir(path)?;
+            path = &resolved;
+        }
         if path.extension().is_some_and(|e| e == "json") {
             Self::open_index(path, opts)
         } else {

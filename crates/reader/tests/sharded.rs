@@ -108,3 +108,28 @@ fn a_single_file_opens_as_a_one_shard_set() {
     assert!(set.index().is_none());
     assert_eq!(set.len(), 2);
 }
+
+#[test]
+fn a_directory_opens_as_the_checkpoint_it_holds() {
+    let d = tempfile::tempdir().unwrap();
+    let err = |p: &Path| ShardedReader::open(p).unwrap_err().to_string();
+    assert!(err(d.path()).ends_with("is a directory with no safetensors file or index in it"), "{}", err(d.path()));
+    // One file: that file.
+    shard(d.path(), "model.safetensors", &["w"]);
+    let set = ShardedReader::open(d.path()).unwrap();
+    assert_eq!(set.names(), ["w"]);
+    assert!(set.path().ends_with("model.safetensors"));
+    // Several files and no index: the error names them.
+    shard(d.path(), "other.safetensors", &["v"]);
+    let e = err(d.path());
+    assert!(e.contains("2 safetensors files and no index; name one (model.safetensors, other.safetensors)"), "{e}");
+    // An index: the set, whatever else lies there.
+    index(d.path(), &[("w", "model.safetensors"), ("v", "other.safetensors")]);
+    let set = ShardedReader::open(d.path()).unwrap();
+    assert_eq!(set.names(), ["v", "w"]);
+    std::fs::write(d.path().join("b.safetensors.index.json"), "{}").unwrap();
+    assert!(err(d.path()).contains("2 shard indexes"), "{}", err(d.path()));
+    // A single-file reader refuses a directory plainly.
+    let e = safeckpt_reader::Reader::open(d.path()).unwrap_err().to_string();
+    assert!(e.ends_with("is a directory, not a safetensors file"), "{e}");
+}
