@@ -192,6 +192,14 @@ impl Lease {
             match inner.put(PutMode::Create, 0) {
                 Ok(v) => break v,
                 Err(object_store::Error::AlreadyExists { .. }) => {}
+                Err(object_store::Error::NotImplemented { .. }) => {
+                    return Err(StoreError::invalid(
+                        &url,
+                        "this store does not offer conditional writes, which keeping one writer per prefix \
+                         needs (S3 and S3-compatible servers, GCS and Azure offer them; check that \
+                         AWS_CONDITIONAL_PUT is not `disabled`)",
+                    ));
+                }
                 Err(e) => return Err(StoreError::object(&url, e)),
             }
             let Some((seen, record)) = inner.read()? else { continue };

@@ -97,3 +97,21 @@ fn of_racing_takers_exactly_one_wins() {
         assert!(r.contains("is held by taker"), "{r}");
     }
 }
+
+#[test]
+fn a_store_without_conditional_writes_is_refused_plainly() {
+    let s3 = safeckpt_store::object_store::aws::AmazonS3Builder::new()
+        .with_bucket_name("b")
+        .with_endpoint("http://127.0.0.1:9")
+        .with_allow_http(true)
+        .with_region("us-east-1")
+        .with_access_key_id("k")
+        .with_secret_access_key("s")
+        .with_conditional_put(safeckpt_store::object_store::aws::S3ConditionalPut::Disabled)
+        .build()
+        .unwrap();
+    let store = Store::from_object_store(Arc::new(s3), "s3://b", StoreOptions::default());
+    let p = ObjectLocation { store, path: ObjPath::parse("run").unwrap() };
+    let err = Lease::acquire(&p, "writer", TTL).unwrap_err().to_string();
+    assert!(err.contains("does not offer conditional writes"), "{err}");
+}
