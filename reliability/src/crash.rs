@@ -82,6 +82,9 @@ pub fn save_loop(mode: Mode, dir: &Path, steps: u64) -> Result<()> {
                 for (s, old) in sets.iter().take(sets.len().saturating_sub(3)) {
                     let doomed = dir.join(format!(".set-{s:08}.tmp-removing"));
                     std::fs::rename(old, &doomed)?;
+                    // Flushed before the deletions, so that no power cut can leave some of them
+                    // on disk without the rename (file systems need not keep the order).
+                    sync_dir(Some(dir))?;
                     std::fs::remove_dir_all(&doomed)?;
                 }
             }
@@ -137,7 +140,7 @@ impl CrashReport {
 }
 
 /// Checks a directory after a kill; returns the latest step (or `None` before the first save).
-fn check_after_kill(mode: Mode, dir: &Path, report: &mut CrashReport) -> Result<Option<u64>> {
+pub(crate) fn check_after_kill(mode: Mode, dir: &Path, report: &mut CrashReport) -> Result<Option<u64>> {
     report.leftovers_seen += listing(dir).iter().filter(|n| is_leftover(n)).count();
     match mode {
         Mode::File => {

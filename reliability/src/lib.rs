@@ -15,6 +15,7 @@ pub mod corrupt;
 pub mod crash;
 pub mod faults;
 pub mod hostile;
+pub mod powerloss;
 pub mod syscalls;
 
 /// A small deterministic generator (xorshift64*), so campaigns are reproducible from a seed.

@@ -11,7 +11,7 @@ use std::time::Instant;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use safeckpt_reliability::crash::Mode;
-use safeckpt_reliability::{concurrency, content, corrupt, crash, faults, hostile, syscalls};
+use safeckpt_reliability::{concurrency, content, corrupt, crash, faults, hostile, powerloss, syscalls};
 
 #[derive(Parser, Debug)]
 #[command(about = "Crash, fault, corruption and hostile-input campaigns for safeckpt")]
@@ -48,6 +48,22 @@ enum Cmd {
         /// Longest delay before a kill, in milliseconds.
         #[arg(long, default_value_t = 120)]
         max_delay_ms: u64,
+        /// Seed.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+    /// Trace one save with strace, then check every state a power cut could leave after any of
+    /// its operations.
+    Powerloss {
+        /// Save path.
+        #[arg(long, value_enum)]
+        mode: Mode,
+        /// Random states per crash point, besides the four fixed ones.
+        #[arg(long, default_value_t = 16)]
+        random: usize,
+        /// Remove these flushes from the trace first (to see the model catch their absence).
+        #[arg(long, value_enum, default_value_t = powerloss::Mutation::None)]
+        mutation: powerloss::Mutation,
         /// Seed.
         #[arg(long, default_value_t = 1)]
         seed: u64,
@@ -133,6 +149,12 @@ fn main() -> Result<()> {
             let t = Instant::now();
             let r = corrupt::campaign(flips, seed)?;
             println!("{r:#?} in {:.1} s", t.elapsed().as_secs_f64());
+            Ok(())
+        }
+        Cmd::Powerloss { mode, random, seed, mutation } => {
+            let r = powerloss::campaign_with(&exe, mode, random, seed, mutation)?;
+            println!("{r:#?}");
+            anyhow::ensure!(r.is_clean(), "power loss could lose or damage a checkpoint");
             Ok(())
         }
         Cmd::Report { kills, flips, commits, seed } => report(&exe, kills, flips, commits, seed),
@@ -229,6 +251,43 @@ fn report(exe: &std::path::Path, kills: usize, flips: usize, commits: usize, see
         },
         cmd("report"),
     ));
+    for mode in [Mode::File, Mode::Sharded, Mode::Manager] {
+        let name = format!("{mode:?}").to_lowercase();
+        let what = format!("power loss after any operation of a traced {name} save (modelled)");
+        let result = if powerloss::available() {
+            let t = Instant::now();
+            let r = powerloss::campaign(exe, mode, 64, seed)?;
+            format!(
+                "{} operations, {} crash points, {} disk states: newest checkpoint the new one {}, the previous one {}, lost {}, older damaged {}; a save that returned survives: {}; replay of the real save exact: {} ({:.0} s){}",
+                r.ops,
+                r.crash_points,
+                r.states,
+                r.new_checkpoint,
+                r.previous_checkpoint,
+                r.lost,
+                r.older_damaged,
+                r.returned_save_durable,
+                r.replay_exact,
+                t.elapsed().as_secs_f64(),
+                if r.problems.is_empty() { String::new() } else { format!("; problems: {:?}", r.problems) }
+            )
+        } else {
+            "not run: strace missing".into()
+        };
+        rows.push((what, result, cmd(&format!("powerloss --mode {name} --random 64"))));
+    }
+    if powerloss::available() {
+        let a = powerloss::campaign_with(exe, Mode::File, 64, seed, powerloss::Mutation::NoFileSyncs)?;
+        let b = powerloss::campaign_with(exe, Mode::Manager, 64, seed, powerloss::Mutation::NoDirectorySyncs)?;
+        rows.push((
+            "the same model on traces with flushes removed (does it notice?)".into(),
+            format!(
+                "file save without its fsync: {} of {} states lose the checkpoint; manager without directory fsyncs: a save that returned survives: {}",
+                a.lost, a.states, b.returned_save_durable
+            ),
+            cmd("report"),
+        ));
+    }
     let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/pytorch");
     let work = tempfile::tempdir()?;
     let m = hostile::malicious_corpus(&fixtures, work.path())?;

@@ -87,3 +87,25 @@ fn malicious_pickles_are_refused_and_never_run() {
     assert_eq!(m.refused, m.files, "{m:#?}");
     assert_eq!(m.executed, 0, "{m:#?}");
 }
+
+#[test]
+fn power_loss_after_any_operation_loses_nothing() {
+    use safeckpt_reliability::powerloss::{self, Mutation};
+    if !powerloss::available() {
+        assert!(std::env::var_os("SAFECKPT_REQUIRE_STRACE").is_none(), "strace is required but not installed");
+        eprintln!("skipped: strace not installed");
+        return;
+    }
+    for (mode, seed) in [(Mode::File, 21), (Mode::Sharded, 22), (Mode::Manager, 23)] {
+        let r = powerloss::campaign(exe(), mode, 3, seed).unwrap();
+        assert!(r.is_clean(), "{mode:?}: {r:#?}");
+        assert!(r.new_checkpoint > 0 && r.previous_checkpoint > 0, "{mode:?}: {r:#?}");
+    }
+    // The model notices what the flushes protect: without the files' fsync the new checkpoint
+    // can be renamed into place with its data lost; without the directory's, a save that
+    // returned can be undone.
+    let r = powerloss::campaign_with(exe(), Mode::File, 3, 24, Mutation::NoFileSyncs).unwrap();
+    assert!(r.lost > 0, "{r:#?}");
+    let r = powerloss::campaign_with(exe(), Mode::Manager, 3, 25, Mutation::NoDirectorySyncs).unwrap();
+    assert!(!r.returned_save_durable, "{r:#?}");
+}
