@@ -313,6 +313,8 @@ fn a_multi_rank_save_inspects_and_merges_whole() {
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
 }
 
+#[path = "../../store/tests/common/http.rs"]
+mod http_server;
 #[path = "../../store/tests/common/mod.rs"]
 mod s3;
 
@@ -446,4 +448,25 @@ fn a_plain_directory_opens_its_checkpoint_and_errors_say_why_once() {
     let missing = dir.path().join("absent.safetensors");
     let o = run(&["inspect", missing.to_str().unwrap()]);
     assert_eq!(text(&o).matches("No such file or directory").count(), 1, "{}", text(&o));
+}
+
+#[test]
+fn a_model_on_a_web_server_is_inspected_from_its_header_alone() {
+    let server = http_server::HttpServer::start();
+    std::fs::copy(fixtures().join("models/tiny-gpt.safetensors"), server.file("model.safetensors")).unwrap();
+    let url = server.url("resolve/main/model.safetensors");
+    let o = run(&["inspect", &url]);
+    assert!(o.status.success(), "{}", text(&o));
+    let out = text(&o);
+    assert!(out.contains("h.0.attn.c_attn.weight") && out.contains("in 2 requests; no tensor data"), "{out}");
+    let size = std::fs::metadata(server.file("model.safetensors")).unwrap().len();
+    assert!(server.counts().1 < size / 10, "{:?} of {size}", server.counts());
+    let o = run(&["verify", &url]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let local = tempfile::tempdir().unwrap();
+    let copy = local.path().join("copy.safetensors");
+    let o = run(&["merge", &url, "-o", copy.to_str().unwrap(), "-q"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = run(&["diff", copy.to_str().unwrap(), fixtures().join("models/tiny-gpt.safetensors").to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
 }
