@@ -33,6 +33,9 @@ use crate::location::ObjectLocation;
 /// The lease object's name under a prefix.
 pub const LEASE_NAME: &str = ".lock";
 
+/// The longest time-to-live a lease may have (longer ones are shortened to it).
+pub const MAX_TTL: Duration = Duration::from_secs(3600);
+
 /// The most bytes of a lease object that are read (it is a few hundred).
 const MAX_LEASE_LEN: u64 = 64 << 10;
 
@@ -155,11 +158,19 @@ impl Inner {
     }
 }
 
+/// How long a taker watches a lease before taking it over: the holder's time-to-live as its
+/// record states it, at least the taker's own, and never over [`MAX_TTL`], so that a damaged
+/// record cannot make the wait endless (no holder renews less often than a third of `MAX_TTL`).
+fn watch_for(record_ttl_ms: Option<u64>, own: Duration) -> Duration {
+    record_ttl_ms.map_or(own, |ms| Duration::from_millis(ms).clamp(own, MAX_TTL))
+}
+
 impl Lease {
     /// Takes the lease on `prefix` for `holder` (a description such as `pid 12 on host-a`), with
-    /// the given time-to-live: immediately when no one holds it; after watching it unrenewed for
-    /// `ttl` when its holder is gone; otherwise fails with [`StoreError::Locked`] naming the
-    /// holder, as soon as a renewal is seen (within about a third of the holder's time-to-live).
+    /// the given time-to-live (between 300 ms and [`MAX_TTL`]): immediately when no one holds
+    /// it; after watching it unrenewed for a time-to-live when its holder is gone; otherwise
+    /// fails with [`StoreError::Locked`] naming the holder, as soon as a renewal is seen (within
+    /// about a third of the holder's time-to-live).
     pub fn acquire(prefix: &ObjectLocation, holder: &str, ttl: Duration) -> Result<Lease> {
         Self::acquire_reporting(prefix, holder, ttl, &|_| {})
     }
@@ -173,7 +184,7 @@ impl Lease {
         ttl: Duration,
         waiting: &dyn Fn(&str),
     ) -> Result<Lease> {
-        let ttl = ttl.max(Duration::from_millis(300));
+        let ttl = ttl.clamp(Duration::from_millis(300), MAX_TTL);
         let inner = Arc::new(Inner {
             loc: prefix.join(LEASE_NAME),
             holder: holder.to_string(),
@@ -209,7 +220,7 @@ impl Lease {
             }
             waiting(record.as_ref().map_or("an unreadable lease object", |r| r.holder.as_str()));
             let since = Instant::now();
-            let holder_ttl = record.as_ref().map_or(ttl, |r| Duration::from_millis(r.ttl_ms).max(ttl));
+            let holder_ttl = watch_for(record.as_ref().map(|r| r.ttl_ms), ttl);
             loop {
                 std::thread::sleep((holder_ttl / 6).min(Duration::from_secs(1)));
                 match inner.read()? {
@@ -312,6 +323,15 @@ impl Drop for Lease {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_watch_is_bounded_whatever_the_record_says() {
+        let own = Duration::from_secs(60);
+        assert_eq!(watch_for(None, own), own);
+        assert_eq!(watch_for(Some(1_000), own), own, "never shorter than the taker's own");
+        assert_eq!(watch_for(Some(600_000), own), Duration::from_secs(600));
+        assert_eq!(watch_for(Some(u64::MAX), own), MAX_TTL);
+    }
 
     #[test]
     fn tokens_differ() {

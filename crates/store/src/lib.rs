@@ -38,7 +38,7 @@ use std::sync::OnceLock;
 pub use any::{AnySet, open, save};
 pub use error::{Result, StoreError};
 pub use fetch::{COALESCE_GAP, plan_requests};
-pub use lease::{LEASE_NAME, Lease};
+pub use lease::{LEASE_NAME, Lease, MAX_TTL};
 pub use location::{Location, ObjectLocation, Stats, StatsSnapshot, Store, StoreOptions, is_url};
 pub use object_store;
 pub use rank::{commit_ranks_to, save_rank_to};
