@@ -80,6 +80,7 @@ pub struct ManagerOptions {
     /// Runs in an object store: the time-to-live of the writer's lease on the prefix (default
     /// 60 s). The lease is renewed every third of it; a lease left by a process that died is
     /// taken over once it has gone unrenewed this long, so a restarted job waits at most this.
+    /// Between 300 ms and one hour (`safeckpt_store::MAX_TTL`).
     pub lease_ttl: std::time::Duration,
 }
 
