@@ -53,7 +53,7 @@ mod state_dict;
 mod tensor;
 mod train_state;
 
-pub use backend::{SafeckptBackend, var_builder};
+pub use backend::{SafeckptBackend, SafeckptShardedBackend, sharded_var_builder, var_builder};
 pub use checkpoint::{
     CheckpointOptions, Loaded, MODEL_PREFIX, OPTIMIZER_PREFIX, PARAM_GROUPS_KEY, PendingCheckpoint, SnapshotSource,
     checkpoint_metadata, load_checkpoint, read_train_state, save_checkpoint,
@@ -66,5 +66,5 @@ pub use state_dict::{
     LoadOptions, LoadReport, Mismatch, check_vars, load_varmap, load_vars, save_varmap, save_vars, varmap_from_file,
     varmap_vars,
 };
-pub use tensor::{CandleSource, to_candle, to_safetensors, view_to_tensor, view_to_var};
+pub use tensor::{CandleSource, bytes_to_tensor, to_candle, to_safetensors, view_to_tensor, view_to_var};
 pub use train_state::{CHECKPOINT_KEY, CHECKPOINT_VERSION, TRAIN_STATE_KEY, TrainState};

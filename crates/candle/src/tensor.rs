@@ -259,9 +259,12 @@ impl HostData {
 
 /// Decodes a view into host data of `dtype` (or its natural candle type).
 fn host_data(view: &TensorView<'_>, dtype: Option<DType>) -> Result<HostData> {
-    let name = view.name();
-    let bytes = view.data();
-    let src = view.dtype();
+    host_data_of(view.name(), view.data(), view.dtype(), dtype)
+}
+
+/// Decodes little-endian bytes of `src` elements into host data of `dtype` (or their natural
+/// candle type).
+fn host_data_of(name: &str, bytes: &[u8], src: Dtype, dtype: Option<DType>) -> Result<HostData> {
     let float_src = matches!(src, Dtype::F64 | Dtype::F32 | Dtype::F16 | Dtype::BF16);
     Ok(match (src, dtype) {
         (s, Some(DType::F32)) if float_src && s != Dtype::F32 => {
@@ -357,10 +360,33 @@ pub fn view_to_var(view: &TensorView<'_>, device: &Device, dtype: Option<DType>)
 }
 
 fn load(view: &TensorView<'_>, device: &Device, dtype: Option<DType>, var: bool) -> Result<Tensor> {
-    let data = host_data(view, dtype)?;
+    finish(host_data(view, dtype)?, view.shape(), device, dtype, var)
+}
+
+/// Little-endian bytes of `src` elements (a region, or a tensor assembled from pieces) as a
+/// candle tensor of `shape` on `device`, with the conversions of [`view_to_tensor`].
+pub fn bytes_to_tensor(
+    name: &str,
+    bytes: &[u8],
+    src: Dtype,
+    shape: &[usize],
+    device: &Device,
+    dtype: Option<DType>,
+) -> Result<Tensor> {
+    let numel: usize = shape.iter().product();
+    if src.byte_len(numel) != Some(bytes.len()) {
+        return Err(CandleError::Dtype {
+            tensor: name.into(),
+            reason: format!("{} bytes do not make a {src} tensor of shape {shape:?}", bytes.len()),
+        });
+    }
+    finish(host_data_of(name, bytes, src, dtype)?, shape, device, dtype, false)
+}
+
+fn finish(data: HostData, shape: &[usize], device: &Device, dtype: Option<DType>, var: bool) -> Result<Tensor> {
     let natural = data.dtype();
     let on_cpu = device.is_cpu() && dtype.is_none_or(|d| d == natural);
-    let t = data.into_tensor(view.shape(), var && on_cpu)?;
+    let t = data.into_tensor(shape, var && on_cpu)?;
     let t = match dtype {
         Some(d) if d != natural => t.to_dtype(d)?,
         _ => t,

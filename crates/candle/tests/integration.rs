@@ -7,3 +7,4 @@ mod optim;
 #[cfg(feature = "object-store")]
 mod remote_manager;
 mod state_dict;
+mod var_builder;
