@@ -246,3 +246,68 @@ pub(crate) fn async_stall(size_mib: usize, rounds: usize, compute_ms: u64) -> Re
     println!("| stall / synchronous save | {:.1}% |", 100.0 * a.as_secs_f64() / s.as_secs_f64());
     Ok(())
 }
+
+/// Tensor-parallel loading: rank `rank` of `world` takes its block of every 2-D tensor along
+/// dimension 0 and along dimension 1 (candle's `Shard` hints), through safeckpt's
+/// `sharded_var_builder` and through the path of candle's `ShardedSafeTensors` (a safetensors
+/// view sliced, its bytes collected, `Tensor::from_raw_buffer`), both over one memory map of the
+/// same file in this process.
+pub(crate) fn tensor_parallel(size_mib: usize, rounds: usize, world: usize) -> Result<()> {
+    use candle_nn::var_builder::Shard;
+    use safetensors::slice::IndexOp;
+    let sd = StateDict::transformer(size_mib);
+    let dir = tempfile::Builder::new().prefix("safeckpt-bench-tp-").tempdir()?;
+    let p = dir.path().join("model.safetensors");
+    safeckpt_writer::write_file(&p, &sd.raw(), None, &WriteOptions::new().fsync(false))?;
+    let names: Vec<(String, Vec<usize>)> = sd
+        .tensors
+        .iter()
+        .filter(|(_, s, _)| s.len() == 2 && s[0] % world == 0 && s[1] % world == 0)
+        .map(|(n, s, _)| (n.clone(), s.clone()))
+        .collect();
+    let bytes: u64 = names.iter().map(|(_, s)| (s[0] * s[1] * 4 / world) as u64).sum::<u64>() * 2;
+    drop(sd);
+    let rank = 1.min(world - 1);
+    let reader = Reader::open(&p)?;
+    let st = safetensors::SafeTensors::deserialize(reader.bytes())?;
+    let vb = safeckpt_candle::sharded_var_builder(&p, DType::F32, &Device::Cpu)?;
+    let mut cases = vec![
+        case("candle ShardedSafeTensors path", || {
+            let t = Instant::now();
+            for (name, shape) in &names {
+                for dim in [0, 1] {
+                    let view = st.tensor(name).unwrap();
+                    let block = shape[dim] / world;
+                    let (start, stop) = (rank * block, (rank + 1) * block);
+                    let it = if dim == 0 { view.slice(start..stop) } else { view.slice((.., start..stop)) }.unwrap();
+                    let raw: Vec<u8> = it.into_iter().flatten().cloned().collect();
+                    let mut local = shape.clone();
+                    local[dim] = block;
+                    std::hint::black_box(Tensor::from_raw_buffer(&raw, DType::F32, &local, &Device::Cpu).unwrap());
+                }
+            }
+            t.elapsed()
+        }),
+        case("safeckpt sharded_var_builder", || {
+            let t = Instant::now();
+            for (name, _) in &names {
+                for dim in [0, 1] {
+                    let s = Shard { dim, rank, world_size: world };
+                    std::hint::black_box(vb.get_with_hints((), name, s).unwrap());
+                }
+            }
+            t.elapsed()
+        }),
+    ];
+    let results = interleaved(rounds, &mut cases);
+    report(
+        &format!(
+            "tensor-parallel load: rank {rank} of {world}, every 2-D tensor ({}) along dim 0 and dim 1, in-process",
+            names.len()
+        ),
+        bytes,
+        &results,
+        "candle ShardedSafeTensors path",
+    );
+    Ok(())
+}

@@ -46,6 +46,12 @@ enum Scenario {
     Load,
     /// Save and load of a candle VarMap against candle's own paths.
     Candle,
+    /// Tensor-parallel loading (candle `Shard` hints) against candle's ShardedSafeTensors path.
+    Tp {
+        /// Ranks.
+        #[arg(long, default_value_t = 4)]
+        world: usize,
+    },
     /// How long an asynchronous checkpoint stalls a training loop.
     AsyncSave {
         /// Milliseconds of compute between the save and the next optimizer step.
@@ -140,6 +146,7 @@ fn main() -> Result<()> {
             Scenario::Load => scenarios::load(cli.size_mib, cli.rounds),
             Scenario::Candle => candle_bench::save_load(cli.size_mib, cli.rounds),
             Scenario::AsyncSave { compute_ms } => candle_bench::async_stall(cli.size_mib, cli.rounds, compute_ms),
+            Scenario::Tp { world } => candle_bench::tensor_parallel(cli.size_mib, cli.rounds, world),
             Scenario::All
             | Scenario::LoadChild { .. }
             | Scenario::CandleLoadChild { .. }
@@ -158,6 +165,7 @@ fn main() -> Result<()> {
             Scenario::Read,
             Scenario::Load,
             Scenario::Candle,
+            Scenario::Tp { world: 4 },
             Scenario::AsyncSave { compute_ms: 1000 },
         ] {
             run(s)?;
