@@ -12,7 +12,7 @@ use candle_nn::{Init, VarBuilder};
 use safeckpt_reader::{GlobalTensor, ShardedReader};
 
 use crate::error::Result;
-use crate::tensor::{bytes_to_tensor, view_to_tensor};
+use crate::tensor::{bytes_to_tensor, fill_tensor, view_to_tensor};
 
 /// Serves tensors from a [`ShardedReader`] (a file or a sharded set).
 #[derive(Debug)]
@@ -46,6 +46,11 @@ fn load_whole(set: &ShardedReader, name: &str, dtype: DType, dev: &Device) -> ca
     match global(set, name)? {
         GlobalTensor::Whole(view) => view_to_tensor(&view, dev, Some(dtype)).map_err(err),
         g @ GlobalTensor::Split(..) => {
+            let region: Vec<std::ops::Range<usize>> = g.shape().iter().map(|&n| 0..n).collect();
+            let read = |out: &mut [u8]| Ok(set.read_region_into(name, &region, out)?);
+            if let Some(t) = fill_tensor(g.dtype(), g.shape(), dev, dtype, read) {
+                return t.map_err(err);
+            }
             let bytes = set.read_global(name).map_err(err)?;
             bytes_to_tensor(name, &bytes, g.dtype(), g.shape(), dev, Some(dtype)).map_err(err)
         }
@@ -124,9 +129,13 @@ impl Backend for SafeckptShardedBackend {
             .enumerate()
             .map(|(d, &n)| if d == dim { rank * block..(rank + 1) * block } else { 0..n })
             .collect();
-        let bytes = self.set.read_region(name, &region).map_err(err)?;
         let mut local = shape;
         local[dim] = block;
+        let read = |out: &mut [u8]| Ok(self.set.read_region_into(name, &region, out)?);
+        if let Some(t) = fill_tensor(g.dtype(), &local, dev, dtype, read) {
+            return t.map_err(err);
+        }
+        let bytes = self.set.read_region(name, &region).map_err(err)?;
         bytes_to_tensor(name, &bytes, g.dtype(), &local, dev, Some(dtype)).map_err(err)
     }
 

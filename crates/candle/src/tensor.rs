@@ -177,6 +177,46 @@ fn copy_vec<T: bytemuck::Pod + Send + Sync + candle_core::WithDType>(bytes: &[u8
     out
 }
 
+/// A tensor of `shape` whose element bytes `fill` writes straight into the vector the tensor
+/// adopts (no intermediate buffer), when `src` is stored exactly as candle keeps `dtype`; `None`
+/// otherwise (a conversion is needed).
+pub(crate) fn fill_tensor(
+    src: Dtype,
+    shape: &[usize],
+    device: &Device,
+    dtype: DType,
+    fill: impl FnOnce(&mut [u8]) -> Result<()>,
+) -> Option<Result<Tensor>> {
+    fn typed<T: bytemuck::Pod + candle_core::WithDType>(
+        shape: &[usize],
+        fill: impl FnOnce(&mut [u8]) -> Result<()>,
+    ) -> Result<Tensor> {
+        let mut v: Vec<T> = bytemuck::zeroed_vec(shape.iter().product());
+        let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut v);
+        fill(bytes)?;
+        if cfg!(target_endian = "big") {
+            safeckpt_reader::swap_bytes_in_place(bytes, std::mem::size_of::<T>());
+        }
+        Ok(Tensor::from_vec(v, shape, &Device::Cpu)?)
+    }
+    if to_candle(src) != Some(dtype) {
+        return None;
+    }
+    let t = match src {
+        Dtype::U8 => typed::<u8>(shape, fill),
+        Dtype::U32 => typed::<u32>(shape, fill),
+        Dtype::I16 => typed::<i16>(shape, fill),
+        Dtype::I32 => typed::<i32>(shape, fill),
+        Dtype::I64 => typed::<i64>(shape, fill),
+        Dtype::BF16 => typed::<bf16>(shape, fill),
+        Dtype::F16 => typed::<f16>(shape, fill),
+        Dtype::F32 => typed::<f32>(shape, fill),
+        Dtype::F64 => typed::<f64>(shape, fill),
+        _ => return None,
+    };
+    Some(t.and_then(|t| Ok(if device.is_cpu() { t } else { t.to_device(device)? })))
+}
+
 /// Decodes little-endian floats and converts each element, in parallel.
 fn convert_vec<T: bytemuck::Pod + Send + Sync>(
     bytes: &[u8],
