@@ -82,24 +82,116 @@ impl SimpleBackend for SafeckptBackend {
     }
 }
 
+/// What the tensor-parallel backend reads from: a local set ([`ShardedReader`], memory-mapped)
+/// or, with the `object-store` feature, a remote one (`safeckpt_store::RemoteSet`, by ranged
+/// reads of only the requested bytes).
+pub trait RegionSource: Send + Sync {
+    /// The file, index or URL, for messages.
+    fn describe(&self) -> String;
+    /// Dtype and shape of the global tensor `name` (whole or split), if there is one.
+    fn global_info(&self, name: &str) -> Option<(safeckpt_format::Dtype, Vec<usize>)>;
+    /// Reads `region` of the global tensor `name` into `out` (exactly the region's size).
+    fn read_region_into(&self, name: &str, region: &[std::ops::Range<usize>], out: &mut [u8]) -> Result<()>;
+}
+
+impl RegionSource for ShardedReader {
+    fn describe(&self) -> String {
+        self.path().display().to_string()
+    }
+
+    fn global_info(&self, name: &str) -> Option<(safeckpt_format::Dtype, Vec<usize>)> {
+        self.global(name).map(|g| (g.dtype(), g.shape().to_vec()))
+    }
+
+    fn read_region_into(&self, name: &str, region: &[std::ops::Range<usize>], out: &mut [u8]) -> Result<()> {
+        Ok(ShardedReader::read_region_into(self, name, region, out)?)
+    }
+}
+
+#[cfg(feature = "object-store")]
+impl RegionSource for safeckpt_store::RemoteSet {
+    fn describe(&self) -> String {
+        self.location().url()
+    }
+
+    fn global_info(&self, name: &str) -> Option<(safeckpt_format::Dtype, Vec<usize>)> {
+        safeckpt_store::RemoteSet::global_info(self, name)
+    }
+
+    fn read_region_into(&self, name: &str, region: &[std::ops::Range<usize>], out: &mut [u8]) -> Result<()> {
+        safeckpt_store::RemoteSet::read_region_into(self, name, region, out).map_err(|e| {
+            crate::error::CandleError::Checkpoint { path: self.location().url().into(), reason: e.to_string() }
+        })
+    }
+}
+
 /// Serves tensor-parallel models: `get_with_hints(shape, name, Shard { dim, rank, world_size })`
 /// returns block `rank` of `world_size` equal blocks of the tensor along `dim` (any dimension),
-/// reading only that block's bytes from the maps; with `world_size` 1, the whole tensor (its
-/// shape checked). The same contract as candle's `ShardedSafeTensors`, over safeckpt sets.
-#[derive(Debug)]
+/// reading only that block's bytes; with `world_size` 1, the whole tensor (its shape checked).
+/// The same contract as candle's `ShardedSafeTensors`, over local or remote safeckpt sets. It is
+/// also a plain backend (`VarBuilder::from_backend`) serving whole tensors.
 pub struct SafeckptShardedBackend {
-    set: ShardedReader,
+    src: Box<dyn RegionSource>,
+}
+
+impl std::fmt::Debug for SafeckptShardedBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SafeckptShardedBackend").field("source", &self.src.describe()).finish()
+    }
 }
 
 impl SafeckptShardedBackend {
-    /// A backend over an opened set.
+    /// A backend over a local set.
     pub fn new(set: ShardedReader) -> Self {
-        SafeckptShardedBackend { set }
+        SafeckptShardedBackend { src: Box::new(set) }
     }
 
-    /// The set.
-    pub fn set(&self) -> &ShardedReader {
-        &self.set
+    /// A backend over any source, e.g. a `safeckpt_store::RemoteSet`.
+    pub fn from_source(src: impl RegionSource + 'static) -> Self {
+        SafeckptShardedBackend { src: Box::new(src) }
+    }
+
+    /// The source.
+    pub fn source(&self) -> &dyn RegionSource {
+        self.src.as_ref()
+    }
+
+    fn info(&self, name: &str) -> candle_core::Result<(safeckpt_format::Dtype, Vec<usize>)> {
+        self.src.global_info(name).ok_or_else(|| err(format!("{}: no tensor `{name}`", self.src.describe())))
+    }
+
+    /// `region` of `name` as a tensor of `dtype` on `dev`.
+    fn region(
+        &self,
+        name: &str,
+        src: safeckpt_format::Dtype,
+        region: &[std::ops::Range<usize>],
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let local: Vec<usize> = region.iter().map(|r| r.end - r.start).collect();
+        let read = |out: &mut [u8]| self.src.read_region_into(name, region, out);
+        if let Some(t) = fill_tensor(src, &local, dev, dtype, read) {
+            return t.map_err(err);
+        }
+        let numel: usize = local.iter().product();
+        let mut bytes = vec![0u8; src.byte_len(numel).unwrap_or(0)];
+        self.src.read_region_into(name, region, &mut bytes).map_err(err)?;
+        bytes_to_tensor(name, &bytes, src, &local, dev, Some(dtype)).map_err(err)
+    }
+
+    fn whole(&self, name: &str, expected: Option<&[usize]>, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        let (src, shape) = self.info(name)?;
+        if let Some(e) = expected
+            && e != shape.as_slice()
+        {
+            return Err(err(format!(
+                "{}: tensor `{name}` has shape {shape:?}, the model expects {e:?}",
+                self.src.describe()
+            )));
+        }
+        let region: Vec<std::ops::Range<usize>> = shape.iter().map(|&n| 0..n).collect();
+        self.region(name, src, &region, dtype, dev)
     }
 }
 
@@ -107,17 +199,15 @@ impl Backend for SafeckptShardedBackend {
     type Hints = Shard;
 
     fn get(&self, s: Shape, name: &str, h: Shard, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
-        let g = global(&self.set, name)?;
         if h.world_size <= 1 {
-            check_shape(&self.set, name, g.shape(), s.dims())?;
-            return load_whole(&self.set, name, dtype, dev);
+            return self.whole(name, Some(s.dims()), dtype, dev);
         }
-        let shape = g.shape().to_vec();
+        let (src, shape) = self.info(name)?;
         let Shard { dim, rank, world_size } = h;
         if dim >= shape.len() || rank >= world_size {
             return Err(err(format!(
                 "{}: tensor `{name}` of shape {shape:?} cannot give block {rank} of {world_size} along dimension {dim}",
-                self.set.path().display()
+                self.src.describe()
             )));
         }
         if !shape[dim].is_multiple_of(world_size) {
@@ -129,22 +219,29 @@ impl Backend for SafeckptShardedBackend {
             .enumerate()
             .map(|(d, &n)| if d == dim { rank * block..(rank + 1) * block } else { 0..n })
             .collect();
-        let mut local = shape;
-        local[dim] = block;
-        let read = |out: &mut [u8]| Ok(self.set.read_region_into(name, &region, out)?);
-        if let Some(t) = fill_tensor(g.dtype(), &local, dev, dtype, read) {
-            return t.map_err(err);
-        }
-        let bytes = self.set.read_region(name, &region).map_err(err)?;
-        bytes_to_tensor(name, &bytes, g.dtype(), &local, dev, Some(dtype)).map_err(err)
+        self.region(name, src, &region, dtype, dev)
     }
 
     fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
-        load_whole(&self.set, name, dtype, dev)
+        self.whole(name, None, dtype, dev)
     }
 
     fn contains_tensor(&self, name: &str) -> bool {
-        self.set.global(name).is_some()
+        self.src.global_info(name).is_some()
+    }
+}
+
+impl SimpleBackend for SafeckptShardedBackend {
+    fn get(&self, s: Shape, name: &str, _h: Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        self.whole(name, Some(s.dims()), dtype, dev)
+    }
+
+    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        self.whole(name, None, dtype, dev)
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.src.global_info(name).is_some()
     }
 }
 
@@ -157,7 +254,7 @@ pub fn var_builder(path: impl AsRef<Path>, dtype: DType, device: &Device) -> Res
 
 /// A tensor-parallel `VarBuilder` (candle's `ShardedVarBuilder` contract) over a safetensors file,
 /// an index, or a directory holding one: each rank's `get_with_hints(.., Shard { .. })` reads only
-/// its block.
+/// its block. For a set in an object store, see [`remote_sharded_var_builder`].
 pub fn sharded_var_builder(
     path: impl AsRef<Path>,
     dtype: DType,
@@ -165,4 +262,22 @@ pub fn sharded_var_builder(
 ) -> Result<VarBuilderArgs<'static, SafeckptShardedBackend>> {
     let set = ShardedReader::open(path)?;
     Ok(VarBuilderArgs::new_with_args(SafeckptShardedBackend::new(set), dtype, device))
+}
+
+/// [`sharded_var_builder`] over a set in an object store (feature `object-store`): opening reads
+/// only the headers, and each `get_with_hints` fetches only the byte ranges of its block.
+#[cfg(feature = "object-store")]
+pub fn remote_sharded_var_builder(
+    set: safeckpt_store::RemoteSet,
+    dtype: DType,
+    device: &Device,
+) -> VarBuilderArgs<'static, SafeckptShardedBackend> {
+    VarBuilderArgs::new_with_args(SafeckptShardedBackend::from_source(set), dtype, device)
+}
+
+/// A plain `VarBuilder` over a set in an object store (feature `object-store`): each tensor is
+/// fetched by ranged reads when the model asks for it.
+#[cfg(feature = "object-store")]
+pub fn remote_var_builder(set: safeckpt_store::RemoteSet, dtype: DType, device: &Device) -> VarBuilder<'static> {
+    VarBuilder::from_backend(Box::new(SafeckptShardedBackend::from_source(set)), dtype, device.clone())
 }

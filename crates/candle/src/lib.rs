@@ -53,7 +53,9 @@ mod state_dict;
 mod tensor;
 mod train_state;
 
-pub use backend::{SafeckptBackend, SafeckptShardedBackend, sharded_var_builder, var_builder};
+pub use backend::{RegionSource, SafeckptBackend, SafeckptShardedBackend, sharded_var_builder, var_builder};
+#[cfg(feature = "object-store")]
+pub use backend::{remote_sharded_var_builder, remote_var_builder};
 pub use checkpoint::{
     CheckpointOptions, Loaded, MODEL_PREFIX, OPTIMIZER_PREFIX, PARAM_GROUPS_KEY, PendingCheckpoint, SnapshotSource,
     checkpoint_metadata, load_checkpoint, read_train_state, save_checkpoint,

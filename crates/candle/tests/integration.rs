@@ -6,5 +6,8 @@ mod manager;
 mod optim;
 #[cfg(feature = "object-store")]
 mod remote_manager;
+#[cfg(feature = "object-store")]
+#[path = "../../store/tests/common/mod.rs"]
+mod s3;
 mod state_dict;
 mod var_builder;

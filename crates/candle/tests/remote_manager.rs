@@ -7,8 +7,7 @@ use safeckpt_writer::WriteOptions;
 
 use crate::common::{bits, seeded_model, train_step};
 
-#[path = "../../store/tests/common/mod.rs"]
-mod s3;
+use crate::s3;
 
 fn options(max_shard_size: Option<u64>) -> ManagerOptions {
     ManagerOptions {

@@ -127,3 +127,44 @@ fn blocks_that_do_not_divide_are_refused() {
     let e = vb.get_with_hints((), "nope", Shard { dim: 0, rank: 0, world_size: 2 }).unwrap_err().to_string();
     assert!(e.contains("no tensor `nope`"), "{e}");
 }
+
+#[cfg(feature = "object-store")]
+#[test]
+fn ranks_read_only_their_blocks_from_object_storage() {
+    use safeckpt_candle::store::{RemoteSet, StoreOptions, upload_file};
+    use safeckpt_candle::{remote_sharded_var_builder, remote_var_builder};
+    let Some(server) = crate::s3::Server::start() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (plain, index) = write_both(dir.path());
+    upload_file(&plain, &server.location("tp/plain.safetensors", StoreOptions::default()), &|_| {}).unwrap();
+    for e in std::fs::read_dir(index.parent().unwrap()).unwrap() {
+        let p = e.unwrap().path();
+        let key = format!("tp/ranks/{}", p.file_name().unwrap().to_string_lossy());
+        upload_file(&p, &server.location(&key, StoreOptions::default()), &|_| {}).unwrap();
+    }
+    for key in ["tp/plain.safetensors", "tp/ranks/model.safetensors.index.json"] {
+        let loc = server.location(key, StoreOptions::default());
+        let set = RemoteSet::open(&loc).unwrap();
+        let vb = remote_sharded_var_builder(set, DType::F32, &Device::Cpu);
+        for (name, t, _) in model() {
+            let t32 = t.to_dtype(DType::F32).unwrap();
+            for dim in 0..t.rank() {
+                let block = t.dims()[dim] / 2;
+                for rank in 0..2 {
+                    let got = vb.get_with_hints((), name, Shard { dim, rank, world_size: 2 }).unwrap();
+                    assert!(same(&got, &t32.narrow(dim, rank * block, block).unwrap()), "{key} {name} {dim} {rank}");
+                }
+            }
+        }
+        // Block 1 of 4 rows of `w` (2 rows of 12 f32) costs its 96 bytes and nothing more.
+        let set = RemoteSet::open(&loc).unwrap();
+        let before = loc.store.stats().bytes_in;
+        let vb = remote_sharded_var_builder(set, DType::F32, &Device::Cpu);
+        vb.get_with_hints((), "w", Shard { dim: 0, rank: 1, world_size: 4 }).unwrap();
+        assert_eq!(loc.store.stats().bytes_in - before, 96, "{key}");
+        // Whole tensors through a plain VarBuilder.
+        let vb = remote_var_builder(RemoteSet::open(&loc).unwrap(), DType::BF16, &Device::Cpu);
+        let (_, e, _) = model().remove(2);
+        assert!(same(&vb.get((4, 6, 8), "e").unwrap(), &e), "{key}");
+    }
+}

@@ -287,6 +287,15 @@ impl RemoteSet {
     /// The bytes of a rectangular `region` of the global tensor `name` (whole or split), fetching
     /// only the byte runs the region covers (coalesced when close).
     pub fn read_region(&self, name: &str, region: &[Range<usize>]) -> Result<Vec<u8>> {
+        let (_, _, bytes) = self.check_region(name, region)?;
+        let mut out = vec![0u8; bytes];
+        self.read_region_into(name, region, &mut out)?;
+        Ok(out)
+    }
+
+    /// The tensor's dtype and shape and the region's size in bytes, once the region is known to
+    /// fit the tensor.
+    fn check_region(&self, name: &str, region: &[Range<usize>]) -> Result<(Dtype, Vec<usize>, usize)> {
         let (dtype, shape) = self.global_info(name).ok_or_else(|| self.not_found(name))?;
         let bad = |reason: String| StoreError::invalid(self.loc.url(), format!("tensor `{name}`: {reason}"));
         if region.len() != shape.len() {
@@ -300,11 +309,22 @@ impl RemoteSet {
         if !dtype.bits().is_multiple_of(8) {
             return Err(bad(format!("regions of {dtype} tensors are not supported remotely")));
         }
+        let numel = region
+            .iter()
+            .try_fold(1usize, |a, r| a.checked_mul(r.end - r.start))
+            .ok_or_else(|| bad("size overflows".into()))?;
+        Ok((dtype, shape, numel * (dtype.bits() / 8)))
+    }
+
+    /// [`RemoteSet::read_region`] into `out`, which must be exactly the region's size.
+    pub fn read_region_into(&self, name: &str, region: &[Range<usize>], out: &mut [u8]) -> Result<()> {
+        let (dtype, shape, bytes) = self.check_region(name, region)?;
+        let bad = |reason: String| StoreError::invalid(self.loc.url(), format!("tensor `{name}`: {reason}"));
         let elem = dtype.bits() / 8;
         let extent: Vec<usize> = region.iter().map(|r| r.end - r.start).collect();
-        let numel =
-            extent.iter().try_fold(1usize, |a, &e| a.checked_mul(e)).ok_or_else(|| bad("size overflows".into()))?;
-        let mut out = vec![0u8; numel * elem];
+        if out.len() != bytes {
+            return Err(bad(format!("output buffer is {} bytes, the region {bytes}", out.len())));
+        }
         let mut boxes: Vec<RegionBox<'_>> = Vec::new();
         match self.index.as_ref().and_then(|i| i.split_tensors.get(name)) {
             None => boxes.push((
@@ -341,7 +361,7 @@ impl RemoteSet {
                     out[*dst..*dst + b.len()].copy_from_slice(&b);
                 }
             }
-            Ok(out)
+            Ok(())
         })
     }
 
