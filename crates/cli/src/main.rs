@@ -180,7 +180,9 @@ fn run(cli: Cli) -> Result<i32> {
                 return Ok(EXIT_OK);
             }
             let text = match loc {
-                safeckpt_store::Location::Object(o) if !torch_cmd::is_torch_file(&path) => {
+                // Safetensors files and indexes are read remotely, headers only; anything else
+                // (a PyTorch file) is downloaded and recognised by its first bytes.
+                safeckpt_store::Location::Object(o) if remote::is_safetensors_name(&o.file_name()) => {
                     let set = safeckpt_store::RemoteSet::open(&o)?;
                     let mut text = inspect::render(&inspect::SetHeaders::remote(&set), json)?;
                     if !json {

@@ -20,6 +20,12 @@ pub fn location(p: &Path, opts: &StoreOptions) -> Result<Location> {
     Ok(Location::parse(&p.to_string_lossy(), opts)?)
 }
 
+/// Whether an object's name says it is a safetensors file or a shard index (read remotely by
+/// ranges); other objects are copied whole.
+pub fn is_safetensors_name(name: &str) -> bool {
+    name.ends_with(".safetensors") || name.ends_with(".json")
+}
+
 /// An input made local: the original path, or a downloaded copy that lives as long as this.
 pub struct LocalInput {
     /// The local file or index to open.
@@ -36,8 +42,7 @@ pub fn local_input(p: &Path, opts: &StoreOptions, quiet: bool) -> Result<LocalIn
     };
     let tmp =
         tempfile::Builder::new().prefix("safeckpt-download-").tempdir().context("creating a temporary directory")?;
-    let is_safetensors = obj.file_name().ends_with(".safetensors") || obj.file_name().ends_with(".json");
-    let path = if is_safetensors {
+    let path = if is_safetensors_name(&obj.file_name()) {
         let set = RemoteSet::open(&obj)?;
         let total: u64 = set.shards().iter().map(|f| f.size()).sum();
         let pb = if quiet { indicatif::ProgressBar::hidden() } else { progress_bar(total, "download") };

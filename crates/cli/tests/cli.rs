@@ -469,4 +469,21 @@ fn a_model_on_a_web_server_is_inspected_from_its_header_alone() {
     assert!(o.status.success(), "{}", text(&o));
     let o = run(&["diff", copy.to_str().unwrap(), fixtures().join("models/tiny-gpt.safetensors").to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    // A PyTorch file on the hub: inspected and converted without running it.
+    std::fs::copy(fixtures().join("pytorch/pytorch_model.bin"), server.file("pytorch_model.bin")).unwrap();
+    let bin = server.url("resolve/main/pytorch_model.bin");
+    let o = run(&["inspect", &bin]);
+    assert!(o.status.success(), "{}", text(&o));
+    let out = local.path().join("converted.safetensors");
+    let o = run(&["convert", &bin, out.to_str().unwrap(), "-q"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let local_bin = local.path().join("local.safetensors");
+    let o = run(&[
+        "convert",
+        fixtures().join("pytorch/pytorch_model.bin").to_str().unwrap(),
+        local_bin.to_str().unwrap(),
+        "-q",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&local_bin).unwrap());
 }
