@@ -103,7 +103,8 @@ enum Command {
         /// Write tied weights as real copies instead of recording aliases in the metadata.
         #[arg(long)]
         keep_aliases: bool,
-        /// Write shards of at most this size (e.g. `2GB`) and an index into OUTPUT (a directory).
+        /// Write shards of at most this size (e.g. `2GB`) and an index into OUTPUT (a directory);
+        /// when everything fits one shard, OUTPUT/model.safetensors alone, as `save_pretrained`.
         #[arg(long)]
         max_shard_size: Option<String>,
         #[command(flatten)]

@@ -195,7 +195,7 @@ impl TorchArchive {
     }
 
     /// Converts to a safetensors file (or a sharded set in the directory `output` when
-    /// `max_shard_size` is set).
+    /// `max_shard_size` is set; `output/model.safetensors` alone when everything fits one shard).
     pub fn convert(
         &self,
         output: &Path,
@@ -235,9 +235,19 @@ impl TorchArchive {
             }
             None => vec![(0..conv.tensors.len()).collect()],
         };
-        if groups.len() == 1 && opts.max_shard_size.is_none() {
+        if groups.len() == 1 {
+            // Everything fits one shard: one file, no index, as `save_pretrained` and
+            // `write_sharded` do (in the directory `output` when sharding was asked for).
+            let file = match opts.max_shard_size {
+                None => output.to_path_buf(),
+                Some(_) => {
+                    std::fs::create_dir_all(output)
+                        .map_err(|e| safeckpt_writer::WriteError::Io { path: output.to_path_buf(), source: e })?;
+                    output.join("model.safetensors")
+                }
+            };
             let specs: Vec<TensorSpec> = conv.tensors.iter().map(spec).collect();
-            let w = StreamWriter::create(output, specs, Some(conv.metadata.clone()), &opts.write)?;
+            let w = StreamWriter::create(&file, specs, Some(conv.metadata.clone()), &opts.write)?;
             conv.tensors.par_iter().try_for_each(|(p, out)| self.write_tensor(&w, p, *out, progress))?;
             let s = w.finish()?;
             summary.outputs.push(s.path);

@@ -84,6 +84,12 @@ fn sharded_output_reads_as_one_set() {
         assert_eq!(set.tensor(&name).unwrap().data(), &t.data[..], "{name}");
     }
     assert!(set.verify().unwrap().iter().all(|r| r.is_ok()));
+    // When everything fits one shard: one file and no index, as `save_pretrained` writes.
+    let one = d.path().join("one");
+    let s = a.convert(&one, &ConvertOptions { max_shard_size: Some(1 << 30), ..opts() }, &|_| {}).unwrap();
+    assert_eq!((s.outputs.as_slice(), s.index), ([one.join("model.safetensors")].as_slice(), None));
+    assert!(!one.join("model.safetensors.index.json").exists());
+    assert_eq!(ShardedReader::open(&one).unwrap().len(), 19);
 }
 
 #[test]
