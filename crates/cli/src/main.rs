@@ -175,7 +175,7 @@ fn run(cli: Cli) -> Result<i32> {
     let store = remote::store_options(cli.endpoint.as_deref());
     match cli.command {
         Command::Inspect { path, json } => {
-            let loc = remote::location(&path, &store)?;
+            let loc = remote::input_location(&path, &store)?;
             if let Some(run) = run_info::open(&loc)? {
                 print!("{}", run.render(json)?);
                 return Ok(EXIT_OK);

@@ -20,6 +20,30 @@ pub fn location(p: &Path, opts: &StoreOptions) -> Result<Location> {
     Ok(Location::parse(&p.to_string_lossy(), opts)?)
 }
 
+/// Parses an input: as [`location`], except that a store prefix without an extension stands for
+/// the checkpoint under it, as a local directory does: a run (its ledger, handled by the caller),
+/// else its one shard index, else its one safetensors file.
+pub fn input_location(p: &Path, opts: &StoreOptions) -> Result<Location> {
+    let loc = location(p, opts)?;
+    let Location::Object(obj) = &loc else { return Ok(loc) };
+    if obj.path.extension().is_some() {
+        return Ok(loc);
+    }
+    let names: Vec<String> = safeckpt_store::list(obj)?.into_iter().map(|(n, _)| n).collect();
+    if names.is_empty() || names.iter().any(|n| n == safeckpt_candle::manager::LEDGER) {
+        return Ok(loc);
+    }
+    let indexes: Vec<&String> = names.iter().filter(|n| n.ends_with(".safetensors.index.json")).collect();
+    let files: Vec<&String> = names.iter().filter(|n| n.ends_with(".safetensors")).collect();
+    let pick = match (indexes.as_slice(), files.as_slice()) {
+        ([one], _) | ([], [one]) => one.as_str(),
+        ([], []) => bail!("{}: no safetensors file or index under this prefix", obj.url()),
+        ([], many) => bail!("{}: {} safetensors files and no index under this prefix; name one", obj.url(), many.len()),
+        (many, _) => bail!("{}: {} shard indexes under this prefix; name one", obj.url(), many.len()),
+    };
+    Ok(Location::Object(obj.join(pick)))
+}
+
 /// Whether an object's name says it is a safetensors file or a shard index (read remotely by
 /// ranges); other objects are copied whole.
 pub fn is_safetensors_name(name: &str) -> bool {
@@ -36,7 +60,7 @@ pub struct LocalInput {
 /// Makes `p` local: a local path as is; an object (a single file, a PyTorch file, or a set by its
 /// index) copied into a temporary directory by parallel ranged reads.
 pub fn local_input(p: &Path, opts: &StoreOptions, quiet: bool) -> Result<LocalInput> {
-    let obj = match location(p, opts)? {
+    let obj = match input_location(p, opts)? {
         Location::Local(path) => return Ok(LocalInput { path, _tmp: None }),
         Location::Object(o) => o,
     };

@@ -8,19 +8,19 @@ use safeckpt_reader::ShardedReader;
 use safeckpt_store::{Location, RemoteSet, StoreOptions};
 use serde_json::json;
 
-use crate::remote::location;
 use crate::util::{EXIT_FAILURE, EXIT_OK, Exit, human_bytes, human_duration, progress_bar};
 
 /// Verifies a file or set; returns the exit status (0 sound, 1 checksum failure, or a file
 /// without checksums when they are required). Structural problems surface as errors (exit 2)
 /// from opening.
 pub fn verify(path: &Path, opts: &StoreOptions, as_json: bool, quiet: bool, require_checksums: bool) -> Result<i32> {
-    if let Some(run) = crate::run_info::open(&location(path, opts)?)? {
+    let loc = crate::remote::input_location(path, opts)?;
+    if let Some(run) = crate::run_info::open(&loc)? {
         return verify_run(&run, opts, as_json, quiet, require_checksums);
     }
     let start = Instant::now();
     let hidden = quiet || as_json;
-    let (shown, reports, tensors) = match location(path, opts)? {
+    let (shown, reports, tensors) = match loc {
         Location::Local(p) => {
             let set = ShardedReader::open(&p)?;
             let pb = if hidden { indicatif::ProgressBar::hidden() } else { progress_bar(set.data_len(), "verify") };

@@ -351,6 +351,12 @@ fn urls_work_in_every_command() {
     let index = "s3://ckpt/sharded/model.safetensors.index.json";
     let o = run_s3(&["verify", index]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    // The prefix stands for the set under it, as a directory does.
+    let o = run_s3(&["inspect", "s3://ckpt/sharded"]);
+    assert!(text(&o).contains("model-00002-of-00004.safetensors"), "{}", text(&o));
+    let o = run_s3(&["inspect", "s3://ckpt/empty-prefix"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("no such object"), "{}", text(&o));
     let merged = dir.path().join("merged.safetensors");
     let o = run_s3(&["merge", index, "-o", merged.to_str().unwrap(), "-q"]);
     assert!(o.status.success(), "{}", text(&o));
