@@ -1,19 +1,68 @@
-//! `safeckpt diff`: two checkpoints compared tensor by tensor, and their metadata.
+//! `safeckpt diff`: two checkpoints compared tensor by tensor, and their metadata. Either side may
+//! be a safetensors file, a sharded set (tensors compared as the saving program saw them, split
+//! ones assembled from their pieces, so a multi-rank save equals its merged file), or a PyTorch
+//! file (read without running it, so a conversion can be checked against its source).
 
-use std::collections::BTreeSet;
+use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use anyhow::Result;
 use half::{bf16, f16};
 use safeckpt_format::{Dtype, INTEGRITY_KEY, Metadata};
-use safeckpt_reader::{ShardedReader, TensorView};
+use safeckpt_reader::{GlobalTensor, ShardedReader};
+use safeckpt_torch::TorchArchive;
 
 use crate::util::{EXIT_FAILURE, EXIT_OK};
 
+/// One tensor of a side: dtype, shape, little-endian bytes.
+type Entry<'a> = (Dtype, Vec<usize>, Cow<'a, [u8]>);
+
+/// What a side holds.
+enum Side {
+    Safetensors(ShardedReader),
+    Torch(TorchArchive),
+}
+
+impl Side {
+    fn open(p: &Path) -> Result<Side> {
+        Ok(if crate::torch_cmd::is_torch_file(p) {
+            Side::Torch(TorchArchive::open(p)?)
+        } else {
+            Side::Safetensors(ShardedReader::open(p)?)
+        })
+    }
+
+    fn tensors(&self) -> Result<BTreeMap<String, Entry<'_>>> {
+        Ok(match self {
+            Side::Safetensors(set) => set
+                .global_names()
+                .into_iter()
+                .map(|n| -> Result<(String, Entry<'_>)> {
+                    let entry = match set.global(n) {
+                        Some(GlobalTensor::Whole(v)) => (v.dtype(), v.shape().to_vec(), Cow::Borrowed(v.data())),
+                        Some(g) => (g.dtype(), g.shape().to_vec(), Cow::Owned(set.read_global(n)?)),
+                        None => anyhow::bail!("{}: tensor `{n}` vanished", set.path().display()),
+                    };
+                    Ok((n.to_string(), entry))
+                })
+                .collect::<Result<_>>()?,
+            Side::Torch(a) => a.tensors(None)?.into_iter().map(|(n, t)| (n, (t.dtype, t.shape, t.data))).collect(),
+        })
+    }
+
+    /// Metadata compared, when both sides are safetensors (a PyTorch file has none).
+    fn metadata(&self) -> Option<Metadata> {
+        match self {
+            Side::Safetensors(set) => Some(metadata(set)),
+            Side::Torch(_) => None,
+        }
+    }
+}
+
 /// Values of a floating tensor as f64, if it is one.
-fn floats(v: &TensorView<'_>) -> Option<Vec<f64>> {
-    let b = v.data();
-    Some(match v.dtype() {
+fn floats(dtype: Dtype, b: &[u8]) -> Option<Vec<f64>> {
+    Some(match dtype {
         Dtype::F64 => b.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes"))).collect(),
         Dtype::F32 => {
             b.chunks_exact(4).map(|c| f64::from(f32::from_le_bytes(c.try_into().expect("4 bytes")))).collect()
@@ -47,32 +96,30 @@ fn comparable(mut m: Metadata, all: bool) -> Metadata {
 
 /// Compares; prints the differences; returns the exit status.
 pub fn diff(a: &Path, b: &Path, atol: f64, all_metadata: bool) -> Result<i32> {
-    let sa = ShardedReader::open(a)?;
-    let sb = ShardedReader::open(b)?;
-    let na: BTreeSet<&str> = sa.names().into_iter().collect();
-    let nb: BTreeSet<&str> = sb.names().into_iter().collect();
+    let (sa, sb) = (Side::open(a)?, Side::open(b)?);
+    let (ta, tb) = (sa.tensors()?, sb.tensors()?);
     let mut differences = 0usize;
-    for n in na.difference(&nb) {
+    for n in ta.keys().filter(|n| !tb.contains_key(*n)) {
         println!("- {n}: only in {}", a.display());
         differences += 1;
     }
-    for n in nb.difference(&na) {
+    for n in tb.keys().filter(|n| !ta.contains_key(*n)) {
         println!("+ {n}: only in {}", b.display());
         differences += 1;
     }
     let mut identical = 0usize;
-    for n in na.intersection(&nb) {
-        let (va, vb) = (sa.tensor(n)?, sb.tensor(n)?);
-        if va.dtype() != vb.dtype() || va.shape() != vb.shape() {
-            println!("~ {n}: {} {:?} vs {} {:?}", va.dtype(), va.shape(), vb.dtype(), vb.shape());
+    for (n, (da, sha, xa)) in &ta {
+        let Some((db, shb, xb)) = tb.get(n) else { continue };
+        if da != db || sha != shb {
+            println!("~ {n}: {da} {sha:?} vs {db} {shb:?}");
             differences += 1;
             continue;
         }
-        if va.data() == vb.data() {
+        if xa == xb {
             identical += 1;
             continue;
         }
-        match (floats(&va), floats(&vb)) {
+        match (floats(*da, xa), floats(*db, xb)) {
             (Some(x), Some(y)) => {
                 let (mut max, mut count) = (0f64, 0usize);
                 for (p, q) in x.iter().zip(&y) {
@@ -90,13 +137,15 @@ pub fn diff(a: &Path, b: &Path, atol: f64, all_metadata: bool) -> Result<i32> {
                 }
             }
             _ => {
-                let count = va.data().iter().zip(vb.data()).filter(|(p, q)| p != q).count();
-                println!("~ {n}: {count} of {} bytes differ", va.data().len());
+                let count = xa.iter().zip(xb.iter()).filter(|(p, q)| p != q).count();
+                println!("~ {n}: {count} of {} bytes differ", xa.len());
                 differences += 1;
             }
         }
     }
-    let (ma, mb) = (comparable(metadata(&sa), all_metadata), comparable(metadata(&sb), all_metadata));
+    let compared = sa.metadata().zip(sb.metadata());
+    let (ma, mb) =
+        compared.clone().map(|(x, y)| (comparable(x, all_metadata), comparable(y, all_metadata))).unwrap_or_default();
     let keys: BTreeSet<&String> = ma.keys().chain(mb.keys()).collect();
     for k in keys {
         match (ma.get(k), mb.get(k)) {
@@ -114,9 +163,13 @@ pub fn diff(a: &Path, b: &Path, atol: f64, all_metadata: bool) -> Result<i32> {
     }
     if differences == 0 {
         println!(
-            "identical: {identical} tensors{} and the metadata{}",
+            "identical: {identical} tensors{}{}",
             if atol > 0.0 { format!(" (within {atol:e})") } else { " bit for bit".into() },
-            if all_metadata { "" } else { " (integrity record and creation time ignored)" }
+            match (compared.is_some(), all_metadata) {
+                (false, _) => " (a PyTorch file has no metadata to compare)",
+                (true, true) => " and the metadata",
+                (true, false) => " and the metadata (integrity record and creation time ignored)",
+            }
         );
         Ok(EXIT_OK)
     } else {

@@ -311,6 +311,26 @@ fn a_multi_rank_save_inspects_and_merges_whole() {
     assert_eq!(r.tensor("b").unwrap().data(), [7, 8, 9]);
     let o = run(&["verify", index.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    // diff compares the tensors the program saw: the split save equals its merged file.
+    let o = run(&["diff", index.to_str().unwrap(), merged.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(text(&o).contains("identical: 2 tensors bit for bit"), "{}", text(&o));
+}
+
+#[test]
+fn diff_checks_a_conversion_against_its_pytorch_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let pth = fixtures().join("pytorch/checkpoint_adam.pth");
+    let out = dir.path().join("c.safetensors");
+    assert!(run(&["convert", pth.to_str().unwrap(), out.to_str().unwrap(), "-q"]).status.success());
+    let o = run(&["diff", pth.to_str().unwrap(), out.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(text(&o).contains("identical: 24 tensors bit for bit (a PyTorch file has no metadata"), "{}", text(&o));
+    let cast = dir.path().join("bf16.safetensors");
+    assert!(run(&["convert", pth.to_str().unwrap(), cast.to_str().unwrap(), "--dtype", "bf16", "-q"]).status.success());
+    let o = run(&["diff", pth.to_str().unwrap(), cast.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("F32 [") && text(&o).contains("vs BF16"), "{}", text(&o));
 }
 
 #[path = "../../store/tests/common/http.rs"]
