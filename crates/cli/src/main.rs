@@ -110,8 +110,8 @@ enum Command {
         #[command(flatten)]
         write: WriteArgs,
     },
-    /// Compare two checkpoints (files or sharded sets) tensor by tensor, and their metadata.
-    /// Exit 0 when equal (within --atol), 1 when they differ.
+    /// Compare two checkpoints (files, sharded sets, or a PyTorch file against its conversion)
+    /// tensor by tensor, and their metadata. Exit 0 when equal (within --atol), 1 when they differ.
     Diff {
         /// First file or index.
         a: PathBuf,
