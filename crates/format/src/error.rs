@@ -22,6 +22,12 @@ pub enum FormatError {
         /// The limit.
         max: u64,
     },
+    /// The bytes are a known other format (their length prefix makes no sense as safetensors).
+    #[error("not a safetensors file: this is {kind}")]
+    OtherFormat {
+        /// What the first bytes say the file is.
+        kind: &'static str,
+    },
     /// The length prefix points past the end of the file.
     #[error("header length {header_len} points past the end of the file ({file_len} bytes)")]
     HeaderPastEnd {

@@ -70,6 +70,11 @@ pub fn read_header_len(prefix: &[u8], file_len: u64) -> Result<usize> {
     let mut le = [0u8; LEN_PREFIX];
     le.copy_from_slice(bytes);
     let n = u64::from_le_bytes(le);
+    if n > MAX_HEADER_LEN || n > file_len - LEN_PREFIX as u64 {
+        if let Some(kind) = other_format(&le) {
+            return Err(FormatError::OtherFormat { kind });
+        }
+    }
     if n > MAX_HEADER_LEN {
         return Err(FormatError::HeaderTooLarge { len: n, max: MAX_HEADER_LEN });
     }
@@ -77,6 +82,19 @@ pub fn read_header_len(prefix: &[u8], file_len: u64) -> Result<usize> {
         return Err(FormatError::HeaderPastEnd { header_len: n, file_len });
     }
     usize::try_from(n).map_err(|_| FormatError::TooLargeForPlatform { what: "header length", value: n })
+}
+
+/// What the first bytes of a file that is not safetensors say it is, for files often mistaken
+/// for safetensors.
+fn other_format(first: &[u8; LEN_PREFIX]) -> Option<&'static str> {
+    Some(match first {
+        [b'P', b'K', 3, 4, ..] => "a zip archive (a PyTorch `torch.save` file? `safeckpt convert` reads those)",
+        [0x80, 2..=5, ..] => "a pickle (a legacy PyTorch file? `safeckpt convert` reads those)",
+        [b'G', b'G', b'U', b'F', ..] => "a GGUF file",
+        [0x89, b'H', b'D', b'F', ..] => "an HDF5 file",
+        [0x93, b'N', b'U', b'M', b'P', b'Y', ..] => "a NumPy array file",
+        _ => return None,
+    })
 }
 
 fn to_usize(v: u64, what: &'static str) -> Result<usize> {
@@ -551,6 +569,17 @@ mod tests {
         let mut huge = (MAX_HEADER_LEN + 1).to_le_bytes().to_vec();
         huge.extend_from_slice(b"{}");
         assert!(matches!(Header::parse(&huge), Err(FormatError::HeaderTooLarge { .. })));
+        // Formats often mistaken for safetensors are named.
+        for (magic, word) in [
+            (&b"PK\x03\x04\x00\x00\x08\x00"[..], "zip"),
+            (b"\x80\x02\x8a\x0alZ", "pickle"),
+            (b"GGUF\x03\0\0\0", "GGUF"),
+        ] {
+            let mut f = magic.to_vec();
+            f.extend_from_slice(&[0; 64]);
+            let e = Header::parse(&f).unwrap_err();
+            assert!(matches!(e, FormatError::OtherFormat { .. }) && e.to_string().contains(word), "{e}");
+        }
         let mut past = 100u64.to_le_bytes().to_vec();
         past.extend_from_slice(b"{}");
         assert!(matches!(Header::parse(&past), Err(FormatError::HeaderPastEnd { .. })));
