@@ -70,10 +70,10 @@ pub fn read_header_len(prefix: &[u8], file_len: u64) -> Result<usize> {
     let mut le = [0u8; LEN_PREFIX];
     le.copy_from_slice(bytes);
     let n = u64::from_le_bytes(le);
-    if n > MAX_HEADER_LEN || n > file_len - LEN_PREFIX as u64 {
-        if let Some(kind) = other_format(&le) {
-            return Err(FormatError::OtherFormat { kind });
-        }
+    if (n > MAX_HEADER_LEN || n > file_len - LEN_PREFIX as u64)
+        && let Some(kind) = other_format(&le)
+    {
+        return Err(FormatError::OtherFormat { kind });
     }
     if n > MAX_HEADER_LEN {
         return Err(FormatError::HeaderTooLarge { len: n, max: MAX_HEADER_LEN });
