@@ -7,14 +7,18 @@
 //!   and tensor views into candle tensors on any device, with parallel dtype casts.
 //! - [`save_varmap`] / [`load_varmap`] / [`load_vars`]: name-keyed variables with a load report
 //!   like PyTorch's `load_state_dict`: strict by default and all-or-nothing.
-//! - [`var_builder`]: a `VarBuilder` over memory-mapped files and sharded sets.
+//! - [`var_builder`]: a `VarBuilder` over memory-mapped files and sharded sets;
+//!   [`sharded_var_builder`]: candle's tensor-parallel `ShardedVarBuilder` contract (`Shard`
+//!   hints), each rank reading only its block; with the `object-store` feature, both over sets in
+//!   a bucket, fetching only the bytes asked for.
 //! - [`optim`]: `AdamW` (with Adam semantics and AMSGrad) and `Sgd` (momentum, dampening,
 //!   Nesterov) implementing `candle_nn::Optimizer`, following PyTorch's update rules, with state
 //!   that can be saved, restored, and imported from a converted PyTorch checkpoint.
 //! - [`TrainState`], [`save_checkpoint`] / [`load_checkpoint`]: one checkpoint = model +
 //!   optimizer + state.
 //! - [`CheckpointManager`]: a run directory with keep-last-K and keep-best, a crash-safe ledger,
-//!   a lock, resume, and asynchronous saves whose only stall is a fence before the next step.
+//!   a lock, resume, and asynchronous saves whose only stall is a fence before the next step;
+//!   with the `object-store` feature, the same on a bucket prefix, held by a lease.
 //!
 //! ```no_run
 //! use candle_core::{DType, Device};
