@@ -13,7 +13,7 @@ use safeckpt_format::{Dtype, INTEGRITY_KEY, Metadata};
 use safeckpt_reader::{GlobalTensor, ShardedReader};
 use safeckpt_torch::TorchArchive;
 
-use crate::util::{EXIT_FAILURE, EXIT_OK};
+use crate::util::{EXIT_FAILURE, EXIT_OK, printable};
 
 /// One tensor of a side: dtype, shape, little-endian bytes.
 type Entry<'a> = (Dtype, Vec<usize>, Cow<'a, [u8]>);
@@ -100,16 +100,17 @@ pub fn diff(a: &Path, b: &Path, atol: f64, all_metadata: bool) -> Result<i32> {
     let (ta, tb) = (sa.tensors()?, sb.tensors()?);
     let mut differences = 0usize;
     for n in ta.keys().filter(|n| !tb.contains_key(*n)) {
-        println!("- {n}: only in {}", a.display());
+        println!("- {}: only in {}", printable(n, false), a.display());
         differences += 1;
     }
     for n in tb.keys().filter(|n| !ta.contains_key(*n)) {
-        println!("+ {n}: only in {}", b.display());
+        println!("+ {}: only in {}", printable(n, false), b.display());
         differences += 1;
     }
     let mut identical = 0usize;
-    for (n, (da, sha, xa)) in &ta {
-        let Some((db, shb, xb)) = tb.get(n) else { continue };
+    for (name, (da, sha, xa)) in &ta {
+        let Some((db, shb, xb)) = tb.get(name) else { continue };
+        let n = printable(name, false);
         if da != db || sha != shb {
             println!("~ {n}: {da} {sha:?} vs {db} {shb:?}");
             differences += 1;
@@ -156,7 +157,12 @@ pub fn diff(a: &Path, b: &Path, atol: f64, all_metadata: bool) -> Result<i32> {
                         if s.chars().count() > 80 { s.chars().take(77).collect::<String>() + "..." } else { s.clone() }
                     })
                 };
-                println!("~ metadata {k}: {} vs {}", show(x), show(y));
+                println!(
+                    "~ metadata {}: {} vs {}",
+                    printable(k, false),
+                    printable(&show(x), false),
+                    printable(&show(y), false)
+                );
                 differences += 1;
             }
         }

@@ -11,7 +11,7 @@ use safeckpt_reader::ShardedReader;
 use safeckpt_store::RemoteSet;
 use serde_json::{Value, json};
 
-use crate::util::{human_bytes, natural_cmp, thousands};
+use crate::util::{human_bytes, natural_cmp, printable, thousands};
 
 /// One row of the tensor table.
 struct Row<'a> {
@@ -164,7 +164,7 @@ pub fn render(set: &SetHeaders<'_>, as_json: bool) -> Result<String> {
             } else {
                 describe_metadata(k, v)
             };
-            writeln!(out, "  {k}: {shown}")?;
+            writeln!(out, "  {}: {shown}", printable(k, false))?;
         }
     }
     if !rows.is_empty() {
@@ -187,10 +187,10 @@ pub fn render(set: &SetHeaders<'_>, as_json: bool) -> Result<String> {
         }
         writeln!(out, "{}", head.trim_end())?;
         for ((r, shape), size) in rows.iter().zip(&shapes).zip(&sizes) {
-            let pad = w_name - r.name.chars().count();
+            let pad = w_name.saturating_sub(r.name.chars().count());
             let mut line = format!(
                 "{}{}  {:<w_dtype$}  {:<w_shape$}  {:>w_size$}  {:>12}",
-                r.name,
+                printable(r.name, false),
                 " ".repeat(pad),
                 r.dtype,
                 shape,
@@ -215,7 +215,7 @@ pub fn render(set: &SetHeaders<'_>, as_json: bool) -> Result<String> {
         for (name, t) in split {
             let shape = t.shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ");
             let pad = " ".repeat(w - name.chars().count());
-            writeln!(out, "  {name}{pad}  {:<5}  [{shape}]  {} pieces", t.dtype, t.pieces.len())?;
+            writeln!(out, "  {}{pad}  {:<5}  [{shape}]  {} pieces", printable(name, false), t.dtype, t.pieces.len())?;
         }
     }
     Ok(out)
@@ -229,7 +229,7 @@ fn describe_metadata(key: &str, value: &str) -> String {
             Err(e) => format!("(unreadable: {e})"),
         };
     }
-    let one_line = value.replace('\n', "\\n");
+    let one_line = printable(value, false).into_owned();
     if one_line.chars().count() > 100 {
         let cut: String = one_line.chars().take(97).collect();
         format!("{cut}... ({} bytes)", value.len())

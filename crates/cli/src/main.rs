@@ -177,7 +177,9 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Inspect { path, json } => {
             let loc = remote::input_location(&path, &store)?;
             if let Some(run) = run_info::open(&loc)? {
-                print!("{}", run.render(json)?);
+                let text = run.render(json)?;
+                // JSON escapes control characters itself, and must stay valid JSON.
+                print!("{}", if json { text.as_str().into() } else { util::printable(&text, true) });
                 return Ok(EXIT_OK);
             }
             let text = match loc {
@@ -205,7 +207,7 @@ fn run(cli: Cli) -> Result<i32> {
                     }
                 }
             };
-            print!("{text}");
+            print!("{}", if json { text.as_str().into() } else { util::printable(&text, true) });
             Ok(EXIT_OK)
         }
         Command::Convert { input, output, key, dtype, keep_aliases, max_shard_size, write } => {
@@ -256,7 +258,7 @@ fn main() {
     let code = match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {}", util::error_text(&e));
+            eprintln!("error: {}", util::printable(&util::error_text(&e), false));
             exit_code(&e)
         }
     };

@@ -10,7 +10,7 @@ use safeckpt_writer::WriteOptions;
 use serde_json::json;
 
 use crate::util::{
-    EXIT_BAD_INPUT, EXIT_FAILURE, Exit, human_bytes, human_duration, natural_cmp, progress_bar, thousands,
+    EXIT_BAD_INPUT, EXIT_FAILURE, Exit, human_bytes, human_duration, natural_cmp, printable, progress_bar, thousands,
 };
 
 /// Whether a file looks like a PyTorch file rather than safetensors (by its first bytes).
@@ -77,7 +77,7 @@ pub fn convert(input: &Path, output: &Path, args: &ConvertArgs<'_>) -> Result<()
             human_duration(start.elapsed())
         );
         for (alias, kept) in &s.aliases {
-            println!("  alias: {alias} -> {kept}");
+            println!("  alias: {} -> {}", printable(alias, false), printable(kept, false));
         }
         if s.outputs.len() > 1 {
             println!("  {} shards", s.outputs.len());
@@ -127,7 +127,7 @@ pub fn inspect(path: &Path, as_json: bool) -> Result<String> {
         for (k, v) in &values {
             let shown: String =
                 if v.chars().count() > 100 { v.chars().take(97).collect::<String>() + "..." } else { v.clone() };
-            writeln!(out, "  {k}: {shown}")?;
+            writeln!(out, "  {}: {}", printable(k, false), printable(&shown, false))?;
         }
     }
     if !tensors.is_empty() {
@@ -135,6 +135,7 @@ pub fn inspect(path: &Path, as_json: bool) -> Result<String> {
         writeln!(out, "\n{:<w$}  {:<11}  {:<18}  {:>10}", "NAME", "DTYPE", "SHAPE", "SIZE")?;
         for (n, t) in &tensors {
             let shape = format!("[{}]", t.shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", "));
+            let n = printable(n, false);
             writeln!(out, "{n:<w$}  {:<11}  {shape:<18}  {:>10}", t.dtype.as_str(), human_bytes(t.data.len() as u64))?;
         }
     }

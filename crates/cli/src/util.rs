@@ -135,6 +135,30 @@ pub fn natural_cmp(a: &str, b: &str) -> Ordering {
     }
 }
 
+/// Text from a file (names, metadata, messages quoting them) made safe to print on a terminal:
+/// control characters (which could carry terminal escape sequences) and bidirectional-text
+/// overrides (which could reorder what is shown) are written as `\u{..}` escapes. With
+/// `keep_lines`, newlines and tabs stay (for whole reports); without, they are escaped too (for a
+/// single field, so that a name cannot forge lines of a report).
+pub fn printable(s: &str, keep_lines: bool) -> std::borrow::Cow<'_, str> {
+    let bad = |c: char| {
+        (c.is_control() && !(keep_lines && (c == '\n' || c == '\t')))
+            || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{200e}' | '\u{200f}')
+    };
+    if !s.chars().any(bad) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if bad(c) {
+            out.push_str(&format!("\\u{{{:x}}}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 /// An error and its causes on one line, each cause once: the library errors already include
 /// their cause in their own message, so a cause whose text is already there is not repeated.
 pub fn error_text(e: &anyhow::Error) -> String {
@@ -167,6 +191,14 @@ mod tests {
         let mut v = vec!["h.10.w", "h.2.w", "h.2.b", "a"];
         v.sort_by(|a, b| natural_cmp(a, b));
         assert_eq!(v, ["a", "h.2.b", "h.2.w", "h.10.w"]);
+    }
+
+    #[test]
+    fn terminal_escapes_from_files_are_neutralised() {
+        let hostile = "w\x1b]0;pwned\x07\u{202e}gnp.exe\nfake line\tx";
+        assert_eq!(printable(hostile, false), "w\\u{1b}]0;pwned\\u{7}\\u{202e}gnp.exe\\u{a}fake line\\u{9}x");
+        assert_eq!(printable(hostile, true), "w\\u{1b}]0;pwned\\u{7}\\u{202e}gnp.exe\nfake line\tx");
+        assert!(matches!(printable("model.layers.0.weight", false), std::borrow::Cow::Borrowed(_)));
     }
 
     #[test]

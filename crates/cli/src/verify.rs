@@ -86,7 +86,7 @@ pub fn verify(path: &Path, opts: &StoreOptions, as_json: bool, quiet: bool, requ
         }
     } else {
         for f in &failures {
-            eprintln!("FAILED  {f}");
+            eprintln!("FAILED  {}", crate::util::printable(f, false));
         }
         return Err(Exit(EXIT_FAILURE, format!("{shown}: {} integrity failure(s)", failures.len())).into());
     }
@@ -120,7 +120,7 @@ fn verify_run(
                 json!({"step": e.step, "path": path.display().to_string(), "ok": problem.is_none(), "error": problem}),
             );
         } else if let Some(p) = &problem {
-            eprintln!("FAILED  step {}: {p}", e.step);
+            eprintln!("FAILED  step {}: {}", e.step, crate::util::printable(p, false));
         } else if !quiet {
             println!("OK      step {}: {}", e.step, path.display());
         }

@@ -513,3 +513,41 @@ fn a_model_on_a_web_server_is_inspected_from_its_header_alone() {
     assert!(o.status.success(), "{}", text(&o));
     assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&local_bin).unwrap());
 }
+
+#[test]
+fn names_and_metadata_from_a_file_cannot_drive_the_terminal() {
+    use safeckpt_format::{Dtype, Metadata, RawTensor};
+    let dir = tempfile::tempdir().unwrap();
+    let evil = "w\x1b]0;pwned\x07\x1b[2J\u{202e}txt.exe\nOK  forged line";
+    let a = dir.path().join("a.safetensors");
+    let meta = Metadata::from([("note\x1b[31m".to_string(), "red\x1b[0m\nforged".to_string())]);
+    let data = vec![1u8, 2, 3, 4];
+    let tensors = vec![(evil, RawTensor::borrowed(Dtype::U8, vec![4], &data))];
+    safeckpt_writer::write_file(&a, &tensors, Some(meta), &safeckpt_writer::WriteOptions::new().fsync(false)).unwrap();
+    let b = dir.path().join("b.safetensors");
+    let plain = vec![("w", RawTensor::borrowed(Dtype::U8, vec![4], &data))];
+    safeckpt_writer::write_file(&b, &plain, None, &safeckpt_writer::WriteOptions::new().fsync(false)).unwrap();
+    // Damage the data so that verify names the tensor in its failure.
+    let mut bytes = std::fs::read(&a).unwrap();
+    let n = bytes.len();
+    bytes[n - 1] ^= 1;
+    std::fs::write(&a, bytes).unwrap();
+    for args in [
+        vec!["inspect", a.to_str().unwrap()],
+        vec!["diff", a.to_str().unwrap(), b.to_str().unwrap()],
+        vec!["verify", a.to_str().unwrap()],
+    ] {
+        let o = run(&args);
+        let all: Vec<u8> = [o.stdout.as_slice(), o.stderr.as_slice()].concat();
+        assert!(!all.contains(&0x1b) && !all.contains(&0x07), "{args:?}: {}", text(&o));
+        assert!(!String::from_utf8_lossy(&all).contains('\u{202e}'), "{args:?}");
+        assert!(text(&o).contains("\\u{1b}"), "{args:?}: {}", text(&o));
+        assert!(!text(&o).lines().any(|l| l.starts_with("OK  forged")), "{args:?}: {}", text(&o));
+    }
+    // JSON stays JSON, with the name intact.
+    let o = run(&["inspect", a.to_str().unwrap(), "--json"]);
+    assert!(!o.stdout.contains(&0x1b));
+    let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(doc.to_string().contains("txt.exe"), "{doc}");
+    assert!(serde_json::to_string(&doc).unwrap().contains(&serde_json::to_string(evil).unwrap()[1..10]), "{doc}");
+}
