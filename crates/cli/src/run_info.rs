@@ -176,6 +176,11 @@ impl Run {
     }
 
     fn writer_text(&self) -> String {
+        let text = self.writer_text_raw();
+        crate::util::printable(&text, false).into_owned()
+    }
+
+    fn writer_text_raw(&self) -> String {
         match &self.writer {
             Writer::None { last: None } => "none".into(),
             Writer::None { last: Some(h) } => format!("none (the last was {h})"),
@@ -230,7 +235,7 @@ impl Run {
         let mut header =
             format!("\n  {:>12}  {:>6}  {:<width$}  {:>10}  {:>9}", "step", "epoch", "checkpoint", "size", "checksums");
         for m in &metrics {
-            write!(header, "  {m:>10}")?;
+            write!(header, "  {:>10}", crate::util::printable(m, false))?;
         }
         writeln!(out, "{header}")?;
         for e in &self.ledger.checkpoints {
@@ -239,7 +244,7 @@ impl Run {
                 "  {:>12}  {:>6}  {:<width$}  {:>10}  {:>9}",
                 e.step,
                 e.epoch,
-                e.path,
+                crate::util::printable(&e.path, false),
                 human_bytes(size),
                 if e.checksums { "yes" } else { "no" }
             );
