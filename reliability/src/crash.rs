@@ -23,6 +23,30 @@ pub enum Mode {
     /// A `CheckpointManager` with a ledger, retention, and alternating synchronous and
     /// asynchronous saves.
     Manager,
+    /// The same, each checkpoint a sharded set (a directory staged, then renamed into place).
+    ManagerSharded,
+}
+
+impl Mode {
+    /// The manager's options for the manager modes.
+    fn manager_options(self) -> ManagerOptions {
+        let mut opts = ManagerOptions { keep_last: 3, ..Default::default() };
+        if self == Mode::ManagerSharded {
+            // About three shards per 576 KiB checkpoint.
+            opts.checkpoint.max_shard_size = Some(200 << 10);
+        }
+        opts
+    }
+
+    /// The mode's name on the command line (`manager-sharded`).
+    pub fn name(self) -> String {
+        use clap::ValueEnum;
+        self.to_possible_value().map(|v| v.get_name().to_string()).unwrap_or_default()
+    }
+
+    fn is_manager(self) -> bool {
+        matches!(self, Mode::Manager | Mode::ManagerSharded)
+    }
 }
 
 /// Tensor size scale used by the loops (8 tensors of 4..32 Ki floats: 576 KiB per checkpoint).
@@ -89,9 +113,8 @@ pub fn save_loop(mode: Mode, dir: &Path, steps: u64) -> Result<()> {
                 }
             }
         }
-        Mode::Manager => {
-            let opts = ManagerOptions { keep_last: 3, ..Default::default() };
-            let mut m = CheckpointManager::open(dir, opts)?;
+        Mode::Manager | Mode::ManagerSharded => {
+            let mut m = CheckpointManager::open(dir, mode.manager_options())?;
             let start = m.latest().map_or(1, |e| e.step + 1);
             for step in start..start + steps {
                 let vars = content::vars(step, SCALE)?;
@@ -179,8 +202,8 @@ pub(crate) fn check_after_kill(mode: Mode, dir: &Path, report: &mut CrashReport)
             }
             Ok(Some(*step))
         }
-        Mode::Manager => {
-            let m = CheckpointManager::open(dir, ManagerOptions { keep_last: 3, ..Default::default() })?;
+        Mode::Manager | Mode::ManagerSharded => {
+            let m = CheckpointManager::open(dir, mode.manager_options())?;
             let Some(latest) = m.latest() else { return Ok(None) };
             for e in m.entries() {
                 let set = ShardedReader::open(m.path_of(&e))?;
@@ -205,7 +228,7 @@ pub fn campaign(exe: &Path, mode: Mode, dir: &Path, kills: usize, max_delay_ms: 
     let mut rng = Rng::new(seed);
     let mut report = CrashReport::default();
     let mut newest_seen: Option<u64> = None;
-    let mode_arg = format!("{mode:?}").to_lowercase();
+    let mode_arg = mode.name();
     for k in 0..=kills {
         let last = k == kills;
         let mut cmd = Command::new(exe);
@@ -255,12 +278,12 @@ pub fn campaign(exe: &Path, mode: Mode, dir: &Path, kills: usize, max_delay_ms: 
             }
         }
         let left = listing(dir).iter().filter(|n| is_leftover(n)).count();
-        if mode == Mode::Manager && left > 0 {
+        if mode.is_manager() && left > 0 {
             // The manager removes leftovers when it opens the directory (done in the check).
             report.leftovers_after_cleanup += left;
         }
     }
-    if mode != Mode::Manager {
+    if !mode.is_manager() {
         report.leftovers_after_cleanup += listing(dir).iter().filter(|n| is_leftover(n)).count();
     }
     Ok(report)

@@ -165,11 +165,11 @@ fn report(exe: &std::path::Path, kills: usize, flips: usize, commits: usize, see
     let started = Instant::now();
     let mut rows = Rows::new();
     let cmd = |args: &str| format!("`cargo run --release -p safeckpt-reliability -- {args}`");
-    for mode in [Mode::File, Mode::Sharded, Mode::Manager] {
+    for mode in [Mode::File, Mode::Sharded, Mode::Manager, Mode::ManagerSharded] {
         let dir = tempfile::tempdir()?;
         let t = Instant::now();
         let r = crash::campaign(exe, mode, dir.path(), kills, 120, seed)?;
-        let what = format!("SIGKILL during {} saves", format!("{mode:?}").to_lowercase());
+        let what = format!("SIGKILL during {} saves", mode.name());
         let result = format!(
             "{} kills: latest checkpoint loaded, verified and equal to its step {} times ({} before the first save), checkpoints lost {}, older damaged {}, leftovers {} seen / {} after cleanup ({:.0} s){}",
             r.kills,
@@ -182,7 +182,7 @@ fn report(exe: &std::path::Path, kills: usize, flips: usize, commits: usize, see
             t.elapsed().as_secs_f64(),
             if r.problems.is_empty() { String::new() } else { format!("; problems: {:?}", r.problems) }
         );
-        rows.push((what, result, cmd(&format!("crash --mode {} --kills {kills}", format!("{mode:?}").to_lowercase()))));
+        rows.push((what, result, cmd(&format!("crash --mode {} --kills {kills}", mode.name()))));
     }
     let base = tempfile::tempdir()?;
     std::fs::create_dir_all(base.path().join("fsize"))?;
@@ -251,8 +251,8 @@ fn report(exe: &std::path::Path, kills: usize, flips: usize, commits: usize, see
         },
         cmd("report"),
     ));
-    for mode in [Mode::File, Mode::Sharded, Mode::Manager] {
-        let name = format!("{mode:?}").to_lowercase();
+    for mode in [Mode::File, Mode::Sharded, Mode::Manager, Mode::ManagerSharded] {
+        let name = mode.name();
         let what = format!("power loss after any operation of a traced {name} save (modelled)");
         let result = if powerloss::available() {
             let t = Instant::now();

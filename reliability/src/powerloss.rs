@@ -149,7 +149,7 @@ pub fn campaign_with(exe: &Path, mode: Mode, random: usize, seed: u64, mutation:
         std::fs::create_dir_all(work.path().join("run"))?;
         work.path().join("run").canonicalize()
     })?;
-    let mode_arg = format!("{mode:?}").to_lowercase();
+    let mode_arg = mode.name();
     let save = |steps: &str, traced: Option<&Path>| -> Result<()> {
         let mut cmd = match traced {
             Some(log) => {

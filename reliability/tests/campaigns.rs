@@ -12,7 +12,7 @@ fn exe() -> &'static Path {
 
 #[test]
 fn sigkill_during_saves_loses_nothing() {
-    for (mode, seed) in [(Mode::File, 11), (Mode::Sharded, 12), (Mode::Manager, 13)] {
+    for (mode, seed) in [(Mode::File, 11), (Mode::Sharded, 12), (Mode::Manager, 13), (Mode::ManagerSharded, 14)] {
         let dir = tempfile::tempdir().unwrap();
         let r = crash::campaign(exe(), mode, dir.path(), 12, 120, seed).unwrap();
         assert!(r.is_clean(), "{mode:?}: {r:#?}");
@@ -96,7 +96,7 @@ fn power_loss_after_any_operation_loses_nothing() {
         eprintln!("skipped: strace not installed");
         return;
     }
-    for (mode, seed) in [(Mode::File, 21), (Mode::Sharded, 22), (Mode::Manager, 23)] {
+    for (mode, seed) in [(Mode::File, 21), (Mode::Sharded, 22), (Mode::Manager, 23), (Mode::ManagerSharded, 26)] {
         let r = powerloss::campaign(exe(), mode, 3, seed).unwrap();
         assert!(r.is_clean(), "{mode:?}: {r:#?}");
         assert!(r.new_checkpoint > 0 && r.previous_checkpoint > 0, "{mode:?}: {r:#?}");
