@@ -145,10 +145,10 @@ pub fn campaign(exe: &Path, mode: Mode, random: usize, seed: u64) -> Result<Powe
 pub fn campaign_with(exe: &Path, mode: Mode, random: usize, seed: u64, mutation: Mutation) -> Result<PowerReport> {
     ensure!(available(), "strace is not installed");
     let work = tempfile::tempdir()?;
-    let root = work.path().join("run").canonicalize().or_else(|_| {
-        std::fs::create_dir_all(work.path().join("run"))?;
-        work.path().join("run").canonicalize()
-    })?;
+    let root = work.path().join("run");
+    std::fs::create_dir_all(&root)?;
+    // strace prints resolved paths.
+    let root = root.canonicalize()?;
     let mode_arg = mode.name();
     let save = |steps: &str, traced: Option<&Path>| -> Result<()> {
         let mut cmd = match traced {
