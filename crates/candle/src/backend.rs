@@ -245,21 +245,50 @@ impl SimpleBackend for SafeckptShardedBackend {
     }
 }
 
-/// A `VarBuilder` over a safetensors file or `*.safetensors.index.json`, memory-mapped: tensors
-/// are read when the model asks for them, cast to `dtype` and placed on `device`.
+/// With the `object-store` feature, a URL (`s3://…`, `https://…`; credentials and endpoint from
+/// the `AWS_*` environment) opened as a remote set; `None` for a local path.
+#[cfg(feature = "object-store")]
+fn remote_set(path: &Path) -> Result<Option<safeckpt_store::RemoteSet>> {
+    let s = path.to_string_lossy();
+    if !safeckpt_store::is_url(&s) {
+        return Ok(None);
+    }
+    let fail = |e: safeckpt_store::StoreError| {
+        let text = e.to_string();
+        let reason = text.strip_prefix(&format!("{s}: ")).map_or_else(|| text.clone(), str::to_string);
+        crate::error::CandleError::Checkpoint { path: path.to_path_buf(), reason }
+    };
+    match safeckpt_store::Location::parse(&s, &safeckpt_store::StoreOptions::default()).map_err(fail)? {
+        safeckpt_store::Location::Object(o) => Ok(Some(safeckpt_store::RemoteSet::open(&o).map_err(fail)?)),
+        safeckpt_store::Location::Local(_) => Ok(None),
+    }
+}
+
+/// A `VarBuilder` over a safetensors file, a `*.safetensors.index.json` or a directory holding
+/// one, memory-mapped: tensors are read when the model asks for them, cast to `dtype` and placed
+/// on `device`. With the `object-store` feature, also a URL: each tensor is then fetched by
+/// ranged reads when asked for.
 pub fn var_builder(path: impl AsRef<Path>, dtype: DType, device: &Device) -> Result<VarBuilder<'static>> {
+    #[cfg(feature = "object-store")]
+    if let Some(set) = remote_set(path.as_ref())? {
+        return Ok(remote_var_builder(set, dtype, device));
+    }
     let set = ShardedReader::open(path)?;
     Ok(VarBuilder::from_backend(Box::new(SafeckptBackend::new(set)), dtype, device.clone()))
 }
 
 /// A tensor-parallel `VarBuilder` (candle's `ShardedVarBuilder` contract) over a safetensors file,
 /// an index, or a directory holding one: each rank's `get_with_hints(.., Shard { .. })` reads only
-/// its block. For a set in an object store, see [`remote_sharded_var_builder`].
+/// its block. With the `object-store` feature, also a URL (see [`remote_sharded_var_builder`]).
 pub fn sharded_var_builder(
     path: impl AsRef<Path>,
     dtype: DType,
     device: &Device,
 ) -> Result<VarBuilderArgs<'static, SafeckptShardedBackend>> {
+    #[cfg(feature = "object-store")]
+    if let Some(set) = remote_set(path.as_ref())? {
+        return Ok(remote_sharded_var_builder(set, dtype, device));
+    }
     let set = ShardedReader::open(path)?;
     Ok(VarBuilderArgs::new_with_args(SafeckptShardedBackend::new(set), dtype, device))
 }

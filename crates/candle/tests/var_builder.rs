@@ -168,3 +168,24 @@ fn ranks_read_only_their_blocks_from_object_storage() {
         assert!(same(&vb.get((4, 6, 8), "e").unwrap(), &e), "{key}");
     }
 }
+
+#[cfg(feature = "object-store")]
+#[test]
+fn the_builders_take_urls() {
+    use safeckpt_candle::store::{Location, StoreOptions, upload_tensors};
+    // `memory:///` is a store in this process, reached through the same URL seam as `s3://`.
+    let url = "memory:///var-builder-test/model.safetensors";
+    let loc = Location::parse(url, &StoreOptions::default()).unwrap();
+    let tensors: Vec<_> = model().iter().map(|(n, t, _)| (*n, raw(t))).collect();
+    upload_tensors(loc.as_object().unwrap(), &tensors, None, &WriteOptions::new(), &|_| {}).unwrap();
+    let (_, w, _) = model().remove(0);
+    let vb = var_builder(url, DType::F32, &Device::Cpu).unwrap();
+    assert!(same(&vb.get((8, 12), "w").unwrap(), &w));
+    let tp = sharded_var_builder(url, DType::F32, &Device::Cpu).unwrap();
+    let got = tp.get_with_hints((), "w", Shard { dim: 1, rank: 2, world_size: 3 }).unwrap();
+    assert!(same(&got, &w.narrow(1, 8, 4).unwrap()));
+    let Err(e) = var_builder("memory:///var-builder-test/absent.safetensors", DType::F32, &Device::Cpu) else {
+        panic!("an absent object opened")
+    };
+    assert_eq!(e.to_string().matches("absent.safetensors").count(), 1, "{e}");
+}
