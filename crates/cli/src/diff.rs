@@ -94,26 +94,68 @@ fn comparable(mut m: Metadata, all: bool) -> Metadata {
     m
 }
 
-/// Compares; prints the differences; returns the exit status.
-pub fn diff(a: &Path, b: &Path, atol: f64, all_metadata: bool) -> Result<i32> {
+/// One difference between the two sides.
+enum Finding {
+    OnlyIn { name: String, side: char },
+    Layout { name: String, a: (Dtype, Vec<usize>), b: (Dtype, Vec<usize>) },
+    Values { name: String, count: usize, of: usize, max: f64 },
+    Bytes { name: String, count: usize, of: usize },
+    Metadata { key: String, a: Option<String>, b: Option<String> },
+}
+
+impl Finding {
+    fn text(&self, a: &Path, b: &Path) -> String {
+        let p = |s: &str| printable(s, false).into_owned();
+        match self {
+            Finding::OnlyIn { name, side: 'a' } => format!("- {}: only in {}", p(name), a.display()),
+            Finding::OnlyIn { name, .. } => format!("+ {}: only in {}", p(name), b.display()),
+            Finding::Layout { name, a, b } => format!("~ {}: {} {:?} vs {} {:?}", p(name), a.0, a.1, b.0, b.1),
+            Finding::Values { name, count, of, max } => {
+                format!("~ {}: {count} of {of} values differ, max |a-b| = {max:.3e}", p(name))
+            }
+            Finding::Bytes { name, count, of } => format!("~ {}: {count} of {of} bytes differ", p(name)),
+            Finding::Metadata { key, a, b } => {
+                let show = |v: &Option<String>| {
+                    v.as_deref().map_or("(absent)".to_string(), |s| {
+                        if s.chars().count() > 80 { s.chars().take(77).collect::<String>() + "..." } else { s.into() }
+                    })
+                };
+                format!("~ metadata {}: {} vs {}", p(key), p(&show(a)), p(&show(b)))
+            }
+        }
+    }
+
+    fn json(&self) -> serde_json::Value {
+        use serde_json::json;
+        match self {
+            Finding::OnlyIn { name, side } => json!({"kind": "only_in", "name": name, "side": side.to_string()}),
+            Finding::Layout { name, a, b } => json!({"kind": "layout", "name": name,
+                "a": {"dtype": a.0.as_str(), "shape": a.1}, "b": {"dtype": b.0.as_str(), "shape": b.1}}),
+            Finding::Values { name, count, of, max } => {
+                json!({"kind": "values", "name": name, "differing": count, "of": of, "max_abs_diff": max})
+            }
+            Finding::Bytes { name, count, of } => json!({"kind": "bytes", "name": name, "differing": count, "of": of}),
+            Finding::Metadata { key, a, b } => json!({"kind": "metadata", "key": key, "a": a, "b": b}),
+        }
+    }
+}
+
+/// Compares; prints the differences (as text, or as one JSON document); returns the exit status.
+pub fn diff(a: &Path, b: &Path, atol: f64, all_metadata: bool, as_json: bool) -> Result<i32> {
     let (sa, sb) = (Side::open(a)?, Side::open(b)?);
     let (ta, tb) = (sa.tensors()?, sb.tensors()?);
-    let mut differences = 0usize;
+    let mut findings = Vec::new();
     for n in ta.keys().filter(|n| !tb.contains_key(*n)) {
-        println!("- {}: only in {}", printable(n, false), a.display());
-        differences += 1;
+        findings.push(Finding::OnlyIn { name: n.clone(), side: 'a' });
     }
     for n in tb.keys().filter(|n| !ta.contains_key(*n)) {
-        println!("+ {}: only in {}", printable(n, false), b.display());
-        differences += 1;
+        findings.push(Finding::OnlyIn { name: n.clone(), side: 'b' });
     }
     let mut identical = 0usize;
     for (name, (da, sha, xa)) in &ta {
         let Some((db, shb, xb)) = tb.get(name) else { continue };
-        let n = printable(name, false);
         if da != db || sha != shb {
-            println!("~ {n}: {da} {sha:?} vs {db} {shb:?}");
-            differences += 1;
+            findings.push(Finding::Layout { name: name.clone(), a: (*da, sha.clone()), b: (*db, shb.clone()) });
             continue;
         }
         if xa == xb {
@@ -133,14 +175,12 @@ pub fn diff(a: &Path, b: &Path, atol: f64, all_metadata: bool) -> Result<i32> {
                 if max <= atol {
                     identical += 1;
                 } else {
-                    println!("~ {n}: {count} of {} values differ, max |a-b| = {max:.3e}", x.len());
-                    differences += 1;
+                    findings.push(Finding::Values { name: name.clone(), count, of: x.len(), max });
                 }
             }
             _ => {
                 let count = xa.iter().zip(xb.iter()).filter(|(p, q)| p != q).count();
-                println!("~ {n}: {count} of {} bytes differ", xa.len());
-                differences += 1;
+                findings.push(Finding::Bytes { name: name.clone(), count, of: xa.len() });
             }
         }
     }
@@ -149,25 +189,29 @@ pub fn diff(a: &Path, b: &Path, atol: f64, all_metadata: bool) -> Result<i32> {
         compared.clone().map(|(x, y)| (comparable(x, all_metadata), comparable(y, all_metadata))).unwrap_or_default();
     let keys: BTreeSet<&String> = ma.keys().chain(mb.keys()).collect();
     for k in keys {
-        match (ma.get(k), mb.get(k)) {
-            (Some(x), Some(y)) if x == y => {}
-            (x, y) => {
-                let show = |v: Option<&String>| {
-                    v.map_or("(absent)".to_string(), |s| {
-                        if s.chars().count() > 80 { s.chars().take(77).collect::<String>() + "..." } else { s.clone() }
-                    })
-                };
-                println!(
-                    "~ metadata {}: {} vs {}",
-                    printable(k, false),
-                    printable(&show(x), false),
-                    printable(&show(y), false)
-                );
-                differences += 1;
-            }
+        let (x, y) = (ma.get(k), mb.get(k));
+        if x != y {
+            findings.push(Finding::Metadata { key: k.clone(), a: x.cloned(), b: y.cloned() });
         }
     }
-    if differences == 0 {
+    let code = if findings.is_empty() { EXIT_OK } else { EXIT_FAILURE };
+    if as_json {
+        let doc = serde_json::json!({
+            "a": a.display().to_string(),
+            "b": b.display().to_string(),
+            "equal": findings.is_empty(),
+            "identical_tensors": identical,
+            "atol": atol,
+            "metadata_compared": compared.is_some(),
+            "differences": findings.iter().map(Finding::json).collect::<Vec<_>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+        return Ok(code);
+    }
+    for f in &findings {
+        println!("{}", f.text(a, b));
+    }
+    if findings.is_empty() {
         println!(
             "identical: {identical} tensors{}{}",
             if atol > 0.0 { format!(" (within {atol:e})") } else { " bit for bit".into() },
@@ -177,9 +221,8 @@ pub fn diff(a: &Path, b: &Path, atol: f64, all_metadata: bool) -> Result<i32> {
                 (true, false) => " and the metadata (integrity record and creation time ignored)",
             }
         );
-        Ok(EXIT_OK)
     } else {
-        println!("{differences} difference(s); {identical} tensors identical");
-        Ok(EXIT_FAILURE)
+        println!("{} difference(s); {identical} tensors identical", findings.len());
     }
+    Ok(code)
 }

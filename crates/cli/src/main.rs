@@ -124,6 +124,9 @@ enum Command {
         /// between otherwise equal checkpoints).
         #[arg(long)]
         all_metadata: bool,
+        /// Print the result as one JSON document.
+        #[arg(long)]
+        json: bool,
     },
     /// Train the classic MLP (20 -> 64 -> 32 -> 1) with Adam on a synthetic task, checkpointing
     /// every epoch (keeping the best by validation loss), then serve the best checkpoint from a
@@ -246,14 +249,27 @@ fn run(cli: Cli) -> Result<i32> {
             demo::run(dir.as_deref(), &train::TrainArgs { epochs, stop_after_epoch, seed, quiet }, &store)?;
             Ok(EXIT_OK)
         }
-        Command::Diff { a, b, atol, all_metadata } => {
+        Command::Diff { a, b, atol, all_metadata, json } => {
             let (la, lb) = (remote::local_input(&a, &store, true)?, remote::local_input(&b, &store, true)?);
-            diff::diff(&la.path, &lb.path, atol, all_metadata)
+            diff::diff(&la.path, &lb.path, atol, all_metadata, json)
         }
     }
 }
 
 fn main() {
+    // A reader that stops early (`safeckpt inspect big.safetensors | head`) closes stdout; stop
+    // quietly with the status a SIGPIPE would give, as other command-line tools do, instead of
+    // reporting a panic.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let msg =
+            payload.downcast_ref::<String>().map(String::as_str).or_else(|| payload.downcast_ref::<&str>().copied());
+        if msg.is_some_and(|m| m.starts_with("failed printing to stdout") && m.contains("Broken pipe")) {
+            std::process::exit(141);
+        }
+        default_hook(info)
+    }));
     let cli = Cli::parse();
     let code = match run(cli) {
         Ok(code) => code,

@@ -331,6 +331,15 @@ fn diff_checks_a_conversion_against_its_pytorch_source() {
     let o = run(&["diff", pth.to_str().unwrap(), cast.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(text(&o).contains("F32 [") && text(&o).contains("vs BF16"), "{}", text(&o));
+    let o = run(&["diff", pth.to_str().unwrap(), cast.to_str().unwrap(), "--json"]);
+    assert_eq!(o.status.code(), Some(1));
+    let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(doc["equal"], false);
+    let layout = doc["differences"].as_array().unwrap().iter().find(|d| d["kind"] == "layout").unwrap();
+    assert_eq!((layout["a"]["dtype"].as_str(), layout["b"]["dtype"].as_str()), (Some("F32"), Some("BF16")));
+    let o = run(&["diff", pth.to_str().unwrap(), out.to_str().unwrap(), "--json"]);
+    let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!((doc["equal"].as_bool(), doc["identical_tensors"].as_u64()), (Some(true), Some(24)));
 }
 
 #[path = "../../store/tests/common/http.rs"]
@@ -550,4 +559,29 @@ fn names_and_metadata_from_a_file_cannot_drive_the_terminal() {
     let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert!(doc.to_string().contains("txt.exe"), "{doc}");
     assert!(serde_json::to_string(&doc).unwrap().contains(&serde_json::to_string(evil).unwrap()[1..10]), "{doc}");
+}
+
+#[test]
+fn a_reader_that_stops_early_ends_the_output_quietly() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("many.safetensors");
+    let names: Vec<String> =
+        (0..20_000).map(|i| format!("model.layers.{i}.a_rather_long_parameter_name.weight")).collect();
+    let data = [0u8; 4];
+    let tensors: Vec<_> = names
+        .iter()
+        .map(|n| (n.as_str(), safeckpt_format::RawTensor::borrowed(safeckpt_format::Dtype::U8, vec![4], &data)))
+        .collect();
+    safeckpt_writer::write_file(&p, &tensors, None, &safeckpt_writer::WriteOptions::new().fsync(false)).unwrap();
+    // As `safeckpt inspect many.safetensors | head -1`.
+    let mut child =
+        bin().args(["inspect", p.to_str().unwrap()]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(first.contains("many.safetensors"), "{first}");
+    assert_eq!(out.status.code(), Some(141));
+    assert!(out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
 }
