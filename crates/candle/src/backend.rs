@@ -47,29 +47,43 @@ fn load_whole(set: &ShardedReader, name: &str, dtype: DType, dev: &Device) -> ca
         GlobalTensor::Whole(view) => view_to_tensor(&view, dev, Some(dtype)).map_err(err),
         g @ GlobalTensor::Split(..) => {
             let region: Vec<std::ops::Range<usize>> = g.shape().iter().map(|&n| 0..n).collect();
-            let read = |out: &mut [u8]| Ok(set.read_region_into(name, &region, out)?);
-            if let Some(t) = fill_tensor(g.dtype(), g.shape(), dev, dtype, read) {
-                return t.map_err(err);
-            }
-            let bytes = set.read_global(name).map_err(err)?;
-            bytes_to_tensor(name, &bytes, g.dtype(), g.shape(), dev, Some(dtype)).map_err(err)
+            region_tensor(set, name, g.dtype(), &region, dtype, dev)
         }
     }
 }
 
-fn check_shape(set: &ShardedReader, name: &str, found: &[usize], expected: &[usize]) -> candle_core::Result<()> {
+fn check_shape(source: &str, name: &str, found: &[usize], expected: &[usize]) -> candle_core::Result<()> {
     if found != expected {
-        return Err(err(format!(
-            "{}: tensor `{name}` has shape {found:?}, the model expects {expected:?}",
-            set.path().display()
-        )));
+        return Err(err(format!("{source}: tensor `{name}` has shape {found:?}, the model expects {expected:?}")));
     }
     Ok(())
 }
 
+/// `region` of the global tensor `name` (stored as `src`) as a tensor of `dtype` on `dev`: read
+/// straight into the tensor's vector when no conversion is needed, else through a buffer.
+fn region_tensor(
+    source: &dyn RegionSource,
+    name: &str,
+    src: safeckpt_format::Dtype,
+    region: &[std::ops::Range<usize>],
+    dtype: DType,
+    dev: &Device,
+) -> candle_core::Result<Tensor> {
+    let local: Vec<usize> = region.iter().map(|r| r.end - r.start).collect();
+    let read = |out: &mut [u8]| source.read_region_into(name, region, out);
+    if let Some(t) = fill_tensor(src, &local, dev, dtype, read) {
+        return t.map_err(err);
+    }
+    let numel: usize = local.iter().product();
+    let mut bytes = vec![0u8; src.byte_len(numel).unwrap_or(0)];
+    source.read_region_into(name, region, &mut bytes).map_err(err)?;
+    bytes_to_tensor(name, &bytes, src, &local, dev, Some(dtype)).map_err(err)
+}
+
 impl SimpleBackend for SafeckptBackend {
     fn get(&self, s: Shape, name: &str, _h: Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
-        check_shape(&self.set, name, global(&self.set, name)?.shape(), s.dims())?;
+        let source = self.set.path().display().to_string();
+        check_shape(&source, name, global(&self.set, name)?.shape(), s.dims())?;
         load_whole(&self.set, name, dtype, dev)
     }
 
@@ -160,38 +174,13 @@ impl SafeckptShardedBackend {
         self.src.global_info(name).ok_or_else(|| err(format!("{}: no tensor `{name}`", self.src.describe())))
     }
 
-    /// `region` of `name` as a tensor of `dtype` on `dev`.
-    fn region(
-        &self,
-        name: &str,
-        src: safeckpt_format::Dtype,
-        region: &[std::ops::Range<usize>],
-        dtype: DType,
-        dev: &Device,
-    ) -> candle_core::Result<Tensor> {
-        let local: Vec<usize> = region.iter().map(|r| r.end - r.start).collect();
-        let read = |out: &mut [u8]| self.src.read_region_into(name, region, out);
-        if let Some(t) = fill_tensor(src, &local, dev, dtype, read) {
-            return t.map_err(err);
-        }
-        let numel: usize = local.iter().product();
-        let mut bytes = vec![0u8; src.byte_len(numel).unwrap_or(0)];
-        self.src.read_region_into(name, region, &mut bytes).map_err(err)?;
-        bytes_to_tensor(name, &bytes, src, &local, dev, Some(dtype)).map_err(err)
-    }
-
     fn whole(&self, name: &str, expected: Option<&[usize]>, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
         let (src, shape) = self.info(name)?;
-        if let Some(e) = expected
-            && e != shape.as_slice()
-        {
-            return Err(err(format!(
-                "{}: tensor `{name}` has shape {shape:?}, the model expects {e:?}",
-                self.src.describe()
-            )));
+        if let Some(e) = expected {
+            check_shape(&self.src.describe(), name, &shape, e)?;
         }
         let region: Vec<std::ops::Range<usize>> = shape.iter().map(|&n| 0..n).collect();
-        self.region(name, src, &region, dtype, dev)
+        region_tensor(self.src.as_ref(), name, src, &region, dtype, dev)
     }
 }
 
@@ -219,7 +208,7 @@ impl Backend for SafeckptShardedBackend {
             .enumerate()
             .map(|(d, &n)| if d == dim { rank * block..(rank + 1) * block } else { 0..n })
             .collect();
-        self.region(name, src, &region, dtype, dev)
+        region_tensor(self.src.as_ref(), name, src, &region, dtype, dev)
     }
 
     fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
