@@ -133,9 +133,7 @@ impl RegionSource for safeckpt_store::RemoteSet {
     }
 
     fn read_region_into(&self, name: &str, region: &[std::ops::Range<usize>], out: &mut [u8]) -> Result<()> {
-        safeckpt_store::RemoteSet::read_region_into(self, name, region, out).map_err(|e| {
-            crate::error::CandleError::Checkpoint { path: self.location().url().into(), reason: e.to_string() }
-        })
+        Ok(safeckpt_store::RemoteSet::read_region_into(self, name, region, out)?)
     }
 }
 
@@ -242,13 +240,8 @@ fn remote_set(path: &Path) -> Result<Option<safeckpt_store::RemoteSet>> {
     if !safeckpt_store::is_url(&s) {
         return Ok(None);
     }
-    let fail = |e: safeckpt_store::StoreError| {
-        let text = e.to_string();
-        let reason = text.strip_prefix(&format!("{s}: ")).map_or_else(|| text.clone(), str::to_string);
-        crate::error::CandleError::Checkpoint { path: path.to_path_buf(), reason }
-    };
-    match safeckpt_store::Location::parse(&s, &safeckpt_store::StoreOptions::default()).map_err(fail)? {
-        safeckpt_store::Location::Object(o) => Ok(Some(safeckpt_store::RemoteSet::open(&o).map_err(fail)?)),
+    match safeckpt_store::Location::parse(&s, &safeckpt_store::StoreOptions::default())? {
+        safeckpt_store::Location::Object(o) => Ok(Some(safeckpt_store::RemoteSet::open(&o)?)),
         safeckpt_store::Location::Local(_) => Ok(None),
     }
 }

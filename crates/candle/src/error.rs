@@ -72,3 +72,28 @@ impl CandleError {
 
 /// Result alias for this crate.
 pub type Result<T, E = CandleError> = std::result::Result<T, E>;
+
+/// Storage errors: the object's URL as the path, the cause as the reason (not repeating the URL);
+/// a held lease as [`CandleError::Locked`] on the run's prefix.
+#[cfg(feature = "object-store")]
+impl From<safeckpt_store::StoreError> for CandleError {
+    fn from(e: safeckpt_store::StoreError) -> Self {
+        use safeckpt_store::{LEASE_NAME, StoreError};
+        if let StoreError::Locked { url, holder } = e {
+            let dir = PathBuf::from(url.strip_suffix(LEASE_NAME).unwrap_or(&url).trim_end_matches('/'));
+            return CandleError::Locked { dir, holder };
+        }
+        let path = match &e {
+            StoreError::Url { url, .. }
+            | StoreError::Object { url, .. }
+            | StoreError::NotFound { url }
+            | StoreError::Invalid { url, .. }
+            | StoreError::Format { url, .. }
+            | StoreError::LeaseLost { url, .. } => PathBuf::from(url),
+            _ => PathBuf::new(),
+        };
+        let text = e.to_string();
+        let reason = text.strip_prefix(&format!("{}: ", path.display())).map_or_else(|| text.clone(), str::to_string);
+        CandleError::Checkpoint { path, reason }
+    }
+}

@@ -49,29 +49,10 @@ pub(crate) struct Listing {
 #[cfg(feature = "object-store")]
 mod imp {
     use safeckpt_format::index::DEFAULT_INDEX_NAME;
-    use safeckpt_store::{LEASE_NAME, RemoteSet, StoreError, delete, list, put_bytes};
+    use safeckpt_store::{LEASE_NAME, RemoteSet, delete, list, put_bytes};
 
     use super::*;
     use crate::manager::LEDGER;
-
-    fn err(e: StoreError) -> CandleError {
-        if let StoreError::Locked { url, holder } = e {
-            let dir = PathBuf::from(url.strip_suffix(LEASE_NAME).unwrap_or(&url).trim_end_matches('/'));
-            return CandleError::Locked { dir, holder };
-        }
-        let path = match &e {
-            StoreError::Object { url, .. }
-            | StoreError::NotFound { url }
-            | StoreError::Invalid { url, .. }
-            | StoreError::Format { url, .. }
-            | StoreError::LeaseLost { url, .. } => PathBuf::from(url),
-            _ => PathBuf::new(),
-        };
-        let text = e.to_string();
-        let prefix = format!("{}: ", path.display());
-        let reason = text.strip_prefix(&prefix).map_or_else(|| text.clone(), str::to_string);
-        CandleError::Checkpoint { path, reason }
-    }
 
     pub(crate) fn url(p: &Prefix, name: &str) -> String {
         p.join(name).url()
@@ -86,7 +67,7 @@ mod imp {
                  still alive"
             )
         };
-        let lease = Lease::acquire_reporting(&prefix, holder, ttl, &waiting).map_err(err)?;
+        let lease = Lease::acquire_reporting(&prefix, holder, ttl, &waiting).map_err(CandleError::from)?;
         Ok(Remote { prefix, lease: Arc::new(lease) })
     }
 
@@ -96,20 +77,21 @@ mod imp {
     }
 
     fn check(r: &Remote) -> Result<()> {
-        r.lease.check().map_err(err)
+        r.lease.check().map_err(CandleError::from)
     }
 
     pub(crate) fn scan(p: &Prefix) -> Result<Listing> {
         let mut out = Listing::default();
-        for (name, _) in list(p).map_err(err)? {
+        for (name, _) in list(p).map_err(CandleError::from)? {
             if name == LEASE_NAME {
                 continue;
             }
             if name == LEDGER {
-                let bytes = safeckpt_store::read_object(&p.join(LEDGER), crate::Ledger::MAX_LEN).map_err(err)?;
+                let bytes =
+                    safeckpt_store::read_object(&p.join(LEDGER), crate::Ledger::MAX_LEN).map_err(CandleError::from)?;
                 out.ledger = Some(bytes);
             } else if let Some(dir) = name.strip_suffix('/') {
-                let inner = list(&p.join(dir)).map_err(err)?;
+                let inner = list(&p.join(dir)).map_err(CandleError::from)?;
                 let has_index = inner.iter().any(|(n, _)| n == DEFAULT_INDEX_NAME);
                 out.entries.push((dir.to_string(), true, has_index));
             } else {
@@ -121,7 +103,7 @@ mod imp {
 
     pub(crate) fn put_ledger(r: &Remote, bytes: &[u8]) -> Result<()> {
         check(r)?;
-        put_bytes(&r.prefix.join(LEDGER), bytes.to_vec()).map_err(err)
+        put_bytes(&r.prefix.join(LEDGER), bytes.to_vec()).map_err(CandleError::from)
     }
 
     /// Uploads a staged checkpoint (a file, or a directory whose index goes last).
@@ -138,10 +120,11 @@ mod imp {
             files.sort_by_key(|f| (f.extension().is_some_and(|e| e == "json"), f.clone()));
             for f in files {
                 let file = f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-                safeckpt_store::upload_file(&f, &p.join(&format!("{name}/{file}")), &|_| {}).map_err(err)?;
+                safeckpt_store::upload_file(&f, &p.join(&format!("{name}/{file}")), &|_| {})
+                    .map_err(CandleError::from)?;
             }
         } else {
-            safeckpt_store::upload_file(local, &p.join(&name), &|_| {}).map_err(err)?;
+            safeckpt_store::upload_file(local, &p.join(&name), &|_| {}).map_err(CandleError::from)?;
         }
         Ok(())
     }
@@ -152,13 +135,13 @@ mod imp {
         check(r)?;
         let p = &r.prefix;
         let as_dir = p.join(name);
-        let inner = list(&as_dir).map_err(err)?;
+        let inner = list(&as_dir).map_err(CandleError::from)?;
         if inner.is_empty() {
-            return delete(&p.join(name)).map_err(err);
+            return delete(&p.join(name)).map_err(CandleError::from);
         }
-        delete(&as_dir.join(DEFAULT_INDEX_NAME)).map_err(err)?;
+        delete(&as_dir.join(DEFAULT_INDEX_NAME)).map_err(CandleError::from)?;
         for (n, _) in inner {
-            delete(&as_dir.join(&n)).map_err(err)?;
+            delete(&as_dir.join(&n)).map_err(CandleError::from)?;
         }
         Ok(())
     }
@@ -166,9 +149,9 @@ mod imp {
     /// Copies a checkpoint into `into`; returns the local file or index.
     pub(crate) fn download_checkpoint(p: &Prefix, name: &str, is_dir: bool, into: &Path) -> Result<PathBuf> {
         let loc = if is_dir { p.join(&format!("{name}/{DEFAULT_INDEX_NAME}")) } else { p.join(name) };
-        let set = RemoteSet::open(&loc).map_err(err)?;
+        let set = RemoteSet::open(&loc).map_err(CandleError::from)?;
         let dir = if is_dir { into.join(name) } else { into.to_path_buf() };
-        set.download(&dir).map_err(err)
+        set.download(&dir).map_err(CandleError::from)
     }
 }
 
