@@ -33,15 +33,10 @@ pub fn input_location(p: &Path, opts: &StoreOptions) -> Result<Location> {
     if names.is_empty() || names.iter().any(|n| n == safeckpt_candle::manager::LEDGER) {
         return Ok(loc);
     }
-    let indexes: Vec<&String> = names.iter().filter(|n| n.ends_with(".safetensors.index.json")).collect();
-    let files: Vec<&String> = names.iter().filter(|n| n.ends_with(".safetensors")).collect();
-    let pick = match (indexes.as_slice(), files.as_slice()) {
-        ([one], _) | ([], [one]) => one.as_str(),
-        ([], []) => bail!("{}: no safetensors file or index under this prefix", obj.url()),
-        ([], many) => bail!("{}: {} safetensors files and no index under this prefix; name one", obj.url(), many.len()),
-        (many, _) => bail!("{}: {} shard indexes under this prefix; name one", obj.url(), many.len()),
-    };
-    Ok(Location::Object(obj.join(pick)))
+    match safeckpt_reader::pick_checkpoint(&names) {
+        Ok(pick) => Ok(Location::Object(obj.join(pick))),
+        Err(what) => bail!("{}: is a prefix {what}", obj.url()),
+    }
 }
 
 /// Whether an object's name says it is a safetensors file or a shard index (read remotely by

@@ -44,6 +44,6 @@ pub use mapped::MappedFile;
 pub use memmap2::Advice;
 pub use region::{GlobalSource, GlobalTensor, check_split_pieces, chunk_range};
 pub use safeckpt_format as format;
-pub use sharded::{ShardedReader, resolve_dir};
+pub use sharded::{ShardedReader, pick_checkpoint, resolve_dir};
 pub use verify::{IntegrityFailure, VerifyReport};
 pub use view::{TensorSlice, TensorView};

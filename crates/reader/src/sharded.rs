@@ -32,34 +32,38 @@ pub struct ShardedReader {
 /// (`*.safetensors.index.json`), otherwise its one `*.safetensors` file. Anything else is an error
 /// that says what the directory holds.
 pub fn resolve_dir(dir: &Path) -> Result<PathBuf> {
-    let entries = std::fs::read_dir(dir).map_err(|e| ReadError::io(dir, e))?;
-    let (mut indexes, mut files) = (Vec::new(), Vec::new());
-    for entry in entries {
-        let name = entry.map_err(|e| ReadError::io(dir, e))?.file_name().to_string_lossy().into_owned();
-        if name.starts_with('.') {
-            continue;
-        }
-        if name.ends_with(".safetensors.index.json") {
-            indexes.push(name);
-        } else if name.ends_with(".safetensors") {
-            files.push(name);
-        }
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(|e| ReadError::io(dir, e))? {
+        names.push(entry.map_err(|e| ReadError::io(dir, e))?.file_name().to_string_lossy().into_owned());
     }
-    indexes.sort();
-    files.sort();
-    let reason = match (indexes.as_slice(), files.as_slice()) {
-        ([one], _) | ([], [one]) => return Ok(dir.join(one)),
-        ([], []) => "is a directory with no safetensors file or index in it".to_string(),
-        ([], many) => {
-            format!("is a directory of {} safetensors files and no index; name one ({})", many.len(), list(many))
-        }
-        (many, _) => format!("is a directory with {} shard indexes; name one ({})", many.len(), list(many)),
-    };
-    Err(ReadError::io(dir, std::io::Error::new(std::io::ErrorKind::IsADirectory, reason)))
+    match pick_checkpoint(&names) {
+        Ok(name) => Ok(dir.join(name)),
+        Err(what) => Err(ReadError::io(
+            dir,
+            std::io::Error::new(std::io::ErrorKind::IsADirectory, format!("is a directory {what}")),
+        )),
+    }
 }
 
-fn list(names: &[String]) -> String {
-    let shown: Vec<&str> = names.iter().take(4).map(String::as_str).collect();
+/// Of the names in a directory (or below a store prefix), the checkpoint they hold: the one shard
+/// index, else the one safetensors file (hidden names ignored). Otherwise what is there, to
+/// complete "is a directory …" (e.g. "with no safetensors file or index in it").
+pub fn pick_checkpoint(names: &[String]) -> std::result::Result<&str, String> {
+    let visible = || names.iter().filter(|n| !n.starts_with('.'));
+    let mut indexes: Vec<&String> = visible().filter(|n| n.ends_with(".safetensors.index.json")).collect();
+    let mut files: Vec<&String> = visible().filter(|n| n.ends_with(".safetensors")).collect();
+    indexes.sort();
+    files.sort();
+    Err(match (indexes.as_slice(), files.as_slice()) {
+        ([one], _) | ([], [one]) => return Ok(one.as_str()),
+        ([], []) => "with no safetensors file or index in it".to_string(),
+        ([], many) => format!("of {} safetensors files and no index; name one ({})", many.len(), list(many)),
+        (many, _) => format!("with {} shard indexes; name one ({})", many.len(), list(many)),
+    })
+}
+
+fn list(names: &[&String]) -> String {
+    let shown: Vec<&str> = names.iter().take(4).map(|s| s.as_str()).collect();
     if names.len() > 4 { format!("{}, ...", shown.join(", ")) } else { shown.join(", ") }
 }
 
