@@ -133,6 +133,17 @@ impl Ledger {
     /// The most bytes of a ledger that are read.
     pub const MAX_LEN: u64 = 64 << 20;
 
+    /// A ledger file's bytes, refusing one over [`Ledger::MAX_LEN`].
+    pub fn read_bytes(path: &Path) -> std::io::Result<Vec<u8>> {
+        use std::io::Read;
+        let mut bytes = Vec::new();
+        File::open(path)?.take(Ledger::MAX_LEN + 1).read_to_end(&mut bytes)?;
+        if bytes.len() as u64 > Ledger::MAX_LEN {
+            return Err(std::io::Error::other(format!("the ledger is over {} bytes", Ledger::MAX_LEN)));
+        }
+        Ok(bytes)
+    }
+
     /// Parses a ledger's bytes.
     pub fn parse(bytes: &[u8]) -> std::result::Result<Ledger, String> {
         serde_json::from_slice(bytes).map_err(|e| format!("the ledger is not valid JSON ({e})"))
@@ -348,16 +359,7 @@ impl CheckpointManager {
             }
         }
         let ledger_path = dir.join(LEDGER);
-        let read_ledger = |p: &Path| -> std::io::Result<Vec<u8>> {
-            use std::io::Read;
-            let mut bytes = Vec::new();
-            File::open(p)?.take(Ledger::MAX_LEN + 1).read_to_end(&mut bytes)?;
-            if bytes.len() as u64 > Ledger::MAX_LEN {
-                return Err(std::io::Error::other(format!("the ledger is over {} bytes", Ledger::MAX_LEN)));
-            }
-            Ok(bytes)
-        };
-        let mut ledger: Ledger = match read_ledger(&ledger_path) {
+        let mut ledger: Ledger = match Ledger::read_bytes(&ledger_path) {
             Ok(bytes) => Ledger::parse(&bytes).map_err(|e| CandleError::Checkpoint {
                 path: ledger_path.clone(),
                 reason: format!("{e}; move it away to rebuild it from the checkpoints"),

@@ -51,7 +51,7 @@ pub fn open(loc: &Location) -> Result<Option<Run>> {
             if !dir.is_dir() || !ledger_path.is_file() {
                 return Ok(None);
             }
-            let bytes = read_bounded(&ledger_path)?;
+            let bytes = Ledger::read_bytes(&ledger_path).with_context(|| ledger_path.display().to_string())?;
             let ledger = Ledger::parse(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", ledger_path.display()))?;
             let mut sizes = BTreeMap::new();
             for e in &ledger.checkpoints {
@@ -91,16 +91,6 @@ pub fn open(loc: &Location) -> Result<Option<Run>> {
             Ok(Some(Run { place: Place::Remote(prefix.clone()), ledger, sizes, writer }))
         }
     }
-}
-
-fn read_bounded(p: &Path) -> Result<Vec<u8>> {
-    use std::io::Read;
-    let mut bytes = Vec::new();
-    std::fs::File::open(p)
-        .and_then(|f| f.take(Ledger::MAX_LEN + 1).read_to_end(&mut bytes))
-        .with_context(|| p.display().to_string())?;
-    anyhow::ensure!(bytes.len() as u64 <= Ledger::MAX_LEN, "{}: over {} bytes", p.display(), Ledger::MAX_LEN);
-    Ok(bytes)
 }
 
 fn local_size(p: &Path) -> u64 {
