@@ -156,6 +156,18 @@ impl PendingFile {
         self.tmp.rename()?;
         Ok(self.summary)
     }
+
+    /// Gives the file another final name in the same directory (a sharded set renamed to avoid
+    /// the names of the set it replaces).
+    pub(crate) fn set_target_name(&mut self, name: &str) {
+        self.tmp.set_target_name(name);
+        self.summary.path.set_file_name(name);
+    }
+
+    /// Whether the commit may replace an existing file.
+    pub(crate) fn overwrite(&self) -> bool {
+        self.tmp.overwrite()
+    }
 }
 
 pub(crate) type Staged = PendingFile;

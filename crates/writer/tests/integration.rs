@@ -3,6 +3,7 @@
 mod atomicity;
 mod common;
 mod golden;
+mod noreplace;
 mod python;
 mod ranks;
 mod round_trip;
