@@ -39,5 +39,6 @@ pub use file::{
 pub use options::WriteOptions;
 pub use safeckpt_format as format;
 pub use shard::{
-    PendingSet, ShardedSummary, commit_set, index_file_name, parse_size, plan_shards, stage_sharded, write_sharded,
+    PendingSet, ShardedSummary, commit_set, commit_set_observed, index_file_name, parse_size, plan_shards,
+    retire_replaced_set, stage_sharded, write_sharded,
 };

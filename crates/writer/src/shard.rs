@@ -1,13 +1,13 @@
 //! Sharded output: `prefix-0000K-of-0000N.safetensors` files and a HuggingFace index.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
-use safeckpt_format::index::{DEFAULT_INDEX_NAME, shard_file_name};
+use safeckpt_format::index::{DEFAULT_INDEX_NAME, MAX_INDEX_LEN, shard_file_name};
 use safeckpt_format::{Metadata, ShardIndex, TensorSource};
 
-use crate::atomic::{sync_dir, write_atomic};
+use crate::atomic::{AtomicFile, sync_dir};
 use crate::error::{Result, WriteError};
 use crate::file::{PendingFile, Staged, WriteSummary, stage};
 use crate::options::WriteOptions;
@@ -74,7 +74,8 @@ pub fn parse_size(s: &str) -> Result<u64> {
 /// `save_pretrained` does). Otherwise every shard is written in parallel under a temporary
 /// name; only when all are complete are they renamed into place, and the index
 /// (`<prefix>.safetensors.index.json`) is written last, so a set is never visible half-written
-/// through its index. Every shard carries `metadata`.
+/// through its index. Replacing an existing set is atomic as a whole too (see [`commit_set`]).
+/// Every shard carries `metadata`.
 pub fn write_sharded<S: TensorSource>(
     dir: impl AsRef<Path>,
     prefix: &str,
@@ -93,20 +94,46 @@ pub fn write_sharded<S: TensorSource>(
 pub struct PendingSet {
     dir: PathBuf,
     shards: Vec<PendingFile>,
-    index: Option<(PathBuf, ShardIndex)>,
+    /// Where the set's index goes (or, for a single file, where a replaced set's index is).
+    index_path: PathBuf,
+    index: Option<ShardIndex>,
 }
 
 impl PendingSet {
     /// Makes the set visible: shards flushed and renamed, then the index (see [`commit_set`]).
+    ///
+    /// A single file that replaces a sharded set (its index is in the directory and overwriting
+    /// is allowed) is renamed into place first; then the old index is removed (the commit point
+    /// for readers that prefer an index), then the old shards.
     pub fn commit(self, fsync: bool) -> Result<ShardedSummary> {
+        self.commit_observed(fsync, &mut |_| {})
+    }
+
+    /// [`PendingSet::commit`], calling `observe` after every change to the directory (tests use
+    /// it to check each intermediate state).
+    #[doc(hidden)]
+    pub fn commit_observed(self, fsync: bool, observe: &mut dyn FnMut(&str)) -> Result<ShardedSummary> {
         match self.index {
             None => {
-                let summaries = self.shards.into_iter().map(|s| s.commit(fsync)).collect::<Result<Vec<_>>>()?;
+                let overwrite = self.shards.iter().all(PendingFile::overwrite);
+                let mut summaries = Vec::new();
+                for s in self.shards {
+                    summaries.push(s.commit(fsync)?);
+                    observe("file renamed into place");
+                }
+                if overwrite && self.index_path.exists() {
+                    let keep: Vec<String> = summaries
+                        .iter()
+                        .filter_map(|s| s.path.file_name().map(|n| n.to_string_lossy().into_owned()))
+                        .collect();
+                    retire_index(&self.dir, &self.index_path, &keep, fsync, observe)?;
+                }
                 Ok(ShardedSummary { index: None, shards: summaries })
             }
-            Some((path, index)) => {
-                let shards = commit_set(&self.dir, self.shards, &path, &index, fsync)?;
-                Ok(ShardedSummary { index: Some(path), shards })
+            Some(index) => {
+                let shards = commit_set_observed(&self.dir, self.shards, &self.index_path, &index, fsync, observe)?;
+                // The index may name the shards differently (see `commit_set`).
+                Ok(ShardedSummary { index: Some(self.index_path), shards })
             }
         }
     }
@@ -133,7 +160,8 @@ pub fn stage_sharded<S: TensorSource>(
     if groups.len() == 1 {
         let path = dir.join(format!("{prefix}.safetensors"));
         let staged = stage(&path, tensors, metadata, opts, progress)?;
-        return Ok(PendingSet { dir: dir.to_path_buf(), shards: vec![staged], index: None });
+        let index_path = dir.join(index_file_name(prefix));
+        return Ok(PendingSet { dir: dir.to_path_buf(), shards: vec![staged], index_path, index: None });
     }
     let index_path = dir.join(index_file_name(prefix));
     if !opts.overwrite && index_path.exists() {
@@ -157,12 +185,31 @@ pub fn stage_sharded<S: TensorSource>(
         }
     }
     let index = ShardIndex::new(weight_map, sizes.iter().sum());
-    Ok(PendingSet { dir: dir.to_path_buf(), shards: staged, index: Some((index_path, index)) })
+    Ok(PendingSet { dir: dir.to_path_buf(), shards: staged, index_path, index: Some(index) })
 }
 
 /// Commits a group of pending shard files and then their index: all shards are flushed, then
 /// renamed, the directory flushed, and the index written atomically last, so the set becomes
 /// visible through its index only once every shard is in place.
+///
+/// Replacing a set (overwriting allowed, an index already at `index_path`) never shows a mixed
+/// set, whatever instant a crash or power cut strikes:
+///
+/// 1. When a shard's name is one the existing index references, the new set takes fresh names
+///    that no existing file uses and the old index does not mention: the HuggingFace name with a
+///    generation tag, `model-g1-00001-of-00003.safetensors` (the new index's `weight_map`, which
+///    every reader follows, says so; the returned summaries carry the names used). Otherwise the
+///    usual names are kept.
+/// 2. The shards are flushed and renamed into place, and the directory flushed: the old index
+///    still describes the old set, whose files are untouched.
+/// 3. The index is renamed over the old one: the commit point.
+/// 4. The old set's shards that the new index does not reference are removed, and so is a single
+///    `<prefix>.safetensors` of an earlier unsharded save (which some loaders prefer to an
+///    index). A crash before this step leaves only unreferenced files behind.
+///
+/// Without overwriting, every rename refuses an existing target (see
+/// [`crate::atomic::AtomicFile::rename`]); on such a refusal the shards already renamed are
+/// removed again and nothing of the new set remains.
 pub fn commit_set(
     dir: &Path,
     shards: Vec<PendingFile>,
@@ -170,14 +217,221 @@ pub fn commit_set(
     index: &ShardIndex,
     fsync: bool,
 ) -> Result<Vec<WriteSummary>> {
-    if fsync {
-        shards.par_iter().try_for_each(PendingFile::sync)?;
+    commit_set_observed(dir, shards, index_path, index, fsync, &mut |_| {})
+}
+
+/// What the directory held before a set is committed over it.
+enum Previous {
+    /// No index at the target.
+    None,
+    /// The existing index's shard files.
+    Set(BTreeSet<String>),
+    /// An index that cannot be read: every existing name counts as taken.
+    Unreadable,
+}
+
+fn previous_set(index_path: &Path) -> Previous {
+    match std::fs::symlink_metadata(index_path) {
+        Err(_) => Previous::None,
+        Ok(m) if m.is_file() && m.len() <= MAX_INDEX_LEN => match std::fs::read(index_path) {
+            Ok(bytes) => match ShardIndex::parse(&bytes) {
+                Ok(old) => Previous::Set(old.shards().into_iter().map(str::to_string).collect()),
+                Err(_) => Previous::Unreadable,
+            },
+            Err(_) => Previous::Unreadable,
+        },
+        Ok(_) => Previous::Unreadable,
     }
-    let summaries = shards.into_iter().map(PendingFile::rename).collect::<Result<Vec<_>>>()?;
+}
+
+/// `name` with a generation tag: `model-00001-of-00003.safetensors` becomes
+/// `model-g1-00001-of-00003.safetensors` (the `-0000K-of-0000N.safetensors` ending that tools
+/// recognise is kept); other names get the tag before their extension.
+pub(crate) fn tagged_name(name: &str, tag: &str) -> String {
+    if tag.is_empty() {
+        return name.to_string();
+    }
+    let stem = name.strip_suffix(".safetensors");
+    if let Some(stem) = stem {
+        // `<prefix>-<digits>-of-<digits>`
+        let mut parts = stem.rsplitn(4, '-');
+        let (n, of, k, prefix) = (parts.next(), parts.next(), parts.next(), parts.next());
+        let digits = |s: Option<&str>| s.is_some_and(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()));
+        if let (true, Some("of"), true, Some(prefix)) = (digits(n), of, digits(k), prefix) {
+            return format!("{prefix}-{tag}-{}-of-{}.safetensors", k.unwrap_or(""), n.unwrap_or(""));
+        }
+        return format!("{stem}-{tag}.safetensors");
+    }
+    format!("{name}-{tag}")
+}
+
+/// The generation tag that gives the new set's `names` no clash with the previous set: none (the
+/// names as they are) when no name is referenced by the old index, else the first `g<N>` whose
+/// names are neither referenced nor present in `dir`.
+fn fresh_tag(dir: &Path, names: &[String], previous: &Previous) -> String {
+    let taken = |name: &str| match previous {
+        Previous::None => false,
+        Previous::Set(refs) => refs.contains(name),
+        Previous::Unreadable => std::fs::symlink_metadata(dir.join(name)).is_ok(),
+    };
+    if !names.iter().any(|n| taken(n)) {
+        return String::new();
+    }
+    (1u64..)
+        .map(|g| format!("g{g}"))
+        .find(|tag| {
+            names.iter().all(|n| {
+                let t = tagged_name(n, tag);
+                !taken(&t) && std::fs::symlink_metadata(dir.join(&t)).is_err()
+            })
+        })
+        .expect("some generation tag is free")
+}
+
+/// Removes files the committed set no longer needs; failures are ignored (what is left is not
+/// referenced by any index, so readers never see it).
+fn remove_unreferenced(dir: &Path, names: &[String], fsync: bool, observe: &mut dyn FnMut(&str)) {
+    let mut removed = false;
+    for name in names {
+        if std::fs::remove_file(dir.join(name)).is_ok() {
+            removed = true;
+            observe("old file removed");
+        }
+    }
+    if removed && fsync {
+        let _ = sync_dir(Some(dir));
+    }
+}
+
+/// Removes a sharded set that a single file has just replaced: the index first (a flushed
+/// removal: from then on the single file is what the directory holds), then its shards.
+fn retire_index(
+    dir: &Path,
+    index_path: &Path,
+    keep: &[String],
+    fsync: bool,
+    observe: &mut dyn FnMut(&str),
+) -> Result<()> {
+    let old = match previous_set(index_path) {
+        Previous::Set(refs) => refs,
+        _ => BTreeSet::new(),
+    };
+    std::fs::remove_file(index_path).map_err(|e| WriteError::io(index_path, e))?;
+    observe("old index removed");
     if fsync {
         sync_dir(Some(dir)).map_err(|e| WriteError::io(dir, e))?;
     }
-    write_atomic(index_path, index.to_json().as_bytes(), fsync)?;
+    let doomed: Vec<String> = old.into_iter().filter(|n| !keep.contains(n)).collect();
+    remove_unreferenced(dir, &doomed, fsync, observe);
+    Ok(())
+}
+
+/// After a single `<prefix>.safetensors` has been committed in `dir` over a sharded set of the
+/// same prefix: removes the set's index (the moment from which readers that prefer an index see
+/// the single file), then the set's shards, keeping the single file. Returns whether there was an
+/// index. [`PendingSet::commit`] does this itself; other writers of a single file into a
+/// directory call it after their commit when overwriting is allowed.
+pub fn retire_replaced_set(dir: &Path, prefix: &str, fsync: bool) -> Result<bool> {
+    let index_path = dir.join(index_file_name(prefix));
+    if std::fs::symlink_metadata(&index_path).is_err() {
+        return Ok(false);
+    }
+    retire_index(dir, &index_path, &[format!("{prefix}.safetensors")], fsync, &mut |_| {})?;
+    Ok(true)
+}
+
+/// [`commit_set`], calling `observe` after every change to the directory (tests use it to check
+/// each intermediate state).
+#[doc(hidden)]
+pub fn commit_set_observed(
+    dir: &Path,
+    mut shards: Vec<PendingFile>,
+    index_path: &Path,
+    index: &ShardIndex,
+    fsync: bool,
+    observe: &mut dyn FnMut(&str),
+) -> Result<Vec<WriteSummary>> {
+    let overwrite = shards.iter().all(PendingFile::overwrite);
+    let previous = if overwrite { previous_set(index_path) } else { Previous::None };
+    let mut index = index.clone();
+    let names: Vec<String> = shards
+        .iter()
+        .map(|s| s.summary().path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default())
+        .collect();
+    let tag = fresh_tag(dir, &names, &previous);
+    if !tag.is_empty() {
+        let renamed: BTreeMap<&str, String> = names.iter().map(|n| (n.as_str(), tagged_name(n, &tag))).collect();
+        for file in index.weight_map.values_mut() {
+            if let Some(new) = renamed.get(file.as_str()) {
+                *file = new.clone();
+            }
+        }
+        for (s, n) in shards.iter_mut().zip(&names) {
+            s.set_target_name(&renamed[n.as_str()]);
+        }
+    }
+    if fsync {
+        shards.par_iter().try_for_each(PendingFile::sync)?;
+    }
+    // Shards renamed into place so far, removed again if the set cannot be committed.
+    let mut placed: Vec<PathBuf> = Vec::new();
+    let undo = |placed: &[PathBuf]| {
+        for p in placed {
+            let _ = std::fs::remove_file(p);
+        }
+    };
+    let mut summaries = Vec::with_capacity(shards.len());
+    for s in shards {
+        match s.rename() {
+            Ok(summary) => {
+                placed.push(summary.path.clone());
+                summaries.push(summary);
+                observe("shard renamed into place");
+            }
+            Err(e) => {
+                undo(&placed);
+                return Err(e);
+            }
+        }
+    }
+    if fsync && let Err(e) = sync_dir(Some(dir)) {
+        undo(&placed);
+        return Err(WriteError::io(dir, e));
+    }
+    // The index, written and flushed under a temporary name, then renamed: the commit point.
+    let staged_index = (|| {
+        use std::io::Write;
+        let tmp = AtomicFile::create(index_path, overwrite)?;
+        tmp.file().write_all(index.to_json().as_bytes()).map_err(|e| WriteError::io(tmp.temp_path(), e))?;
+        if fsync {
+            tmp.sync()?;
+        }
+        Ok(tmp)
+    })();
+    if let Err(e) = staged_index.and_then(AtomicFile::rename) {
+        undo(&placed);
+        return Err(e);
+    }
+    observe("index renamed into place");
+    if fsync {
+        sync_dir(Some(dir)).map_err(|e| WriteError::io(dir, e))?;
+    }
+    if overwrite {
+        let keep: BTreeSet<&str> = index.weight_map.values().map(String::as_str).collect();
+        let mut doomed: Vec<String> = match &previous {
+            Previous::Set(refs) => refs.iter().filter(|n| !keep.contains(n.as_str())).cloned().collect(),
+            _ => Vec::new(),
+        };
+        // A single-file save of the same prefix, from before the set.
+        if let Some(single) =
+            index_path.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".index.json"))
+            && !keep.contains(single)
+            && std::fs::symlink_metadata(dir.join(single)).is_ok_and(|m| m.is_file())
+        {
+            doomed.push(single.to_string());
+        }
+        remove_unreferenced(dir, &doomed, fsync, observe);
+    }
     Ok(summaries)
 }
 
@@ -195,6 +449,15 @@ mod tests {
         assert_eq!(plan_shards(&[4, 4, 4, 10, 1], 8), vec![vec![0, 1], vec![2], vec![3], vec![4]]);
         assert_eq!(plan_shards(&[], 8), vec![Vec::<usize>::new()]);
         assert_eq!(plan_shards(&[1, 2, 3], 100), vec![vec![0, 1, 2]]);
+    }
+
+    #[test]
+    fn generation_tags_keep_the_shard_pattern() {
+        assert_eq!(tagged_name("model-00001-of-00003.safetensors", ""), "model-00001-of-00003.safetensors");
+        assert_eq!(tagged_name("model-00001-of-00003.safetensors", "g1"), "model-g1-00001-of-00003.safetensors");
+        assert_eq!(tagged_name("my-net-00002-of-00010.safetensors", "g7"), "my-net-g7-00002-of-00010.safetensors");
+        assert_eq!(tagged_name("rank-1.safetensors", "g2"), "rank-1-g2.safetensors");
+        assert_eq!(tagged_name("weights.bin", "g2"), "weights.bin-g2");
     }
 
     #[test]

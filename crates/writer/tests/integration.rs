@@ -6,6 +6,7 @@ mod golden;
 mod noreplace;
 mod python;
 mod ranks;
+mod replace;
 mod round_trip;
 mod sharding;
 mod streaming;
