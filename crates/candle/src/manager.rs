@@ -116,6 +116,23 @@ pub struct LedgerEntry {
     pub checksums: bool,
 }
 
+impl LedgerEntry {
+    /// Whether the entry names the checkpoint of its own step inside the run directory by the
+    /// manager's naming rule: `ckpt-<step in 12 digits>.safetensors` (one file) or
+    /// `ckpt-<step in 12 digits>` (a sharded checkpoint's directory). The manager opens and
+    /// deletes nothing else, so a ledger naming an absolute path, a `..` path, another file or
+    /// another step's checkpoint cannot make it read or remove anything outside its checkpoints.
+    pub fn follows_naming_rule(&self) -> bool {
+        let name = file_name(self.step);
+        self.path == name || self.path.strip_suffix(".safetensors") == Some(name.as_str())
+    }
+
+    /// Whether the entry names a sharded checkpoint (a directory).
+    fn is_sharded(&self) -> bool {
+        !self.path.ends_with(".safetensors")
+    }
+}
+
 /// A run's `ledger.json`: every complete checkpoint, oldest first, and the retention policy
 /// that wrote it (so that tools can tell which checkpoint is the best).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -223,6 +240,7 @@ pub struct CheckpointManager {
     fence: Fence,
     in_flight: Option<(u64, JoinHandle<Result<()>>)>,
     adopted: Vec<String>,
+    ignored: Vec<(LedgerEntry, String)>,
 }
 
 impl std::fmt::Debug for CheckpointManager {
@@ -239,6 +257,201 @@ fn parse_step(name: &str) -> Option<u64> {
     let rest = name.strip_prefix("ckpt-")?;
     let digits = rest.strip_suffix(".safetensors").unwrap_or(rest);
     (digits.len() == 12 && digits.bytes().all(|b| b.is_ascii_digit())).then(|| digits.parse().ok()).flatten()
+}
+
+/// Why a ledger entry of a local run cannot be used, if it cannot: it breaks the naming rule,
+/// or nothing of its kind is there (a regular file, or a directory for a sharded checkpoint;
+/// symbolic links are not followed).
+fn entry_problem(dir: &Path, e: &LedgerEntry) -> Option<String> {
+    if !e.follows_naming_rule() {
+        let name = file_name(e.step);
+        return Some(format!(
+            "`{}` is not the checkpoint of step {} in the run directory (`{name}.safetensors` or `{name}`)",
+            e.path, e.step
+        ));
+    }
+    let kind = match std::fs::symlink_metadata(dir.join(&e.path)) {
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Some("missing".into()),
+        Err(err) => return Some(format!("cannot be examined: {err}")),
+        Ok(m) => m.file_type(),
+    };
+    match (e.is_sharded(), kind.is_dir(), kind.is_file()) {
+        (true, true, _) | (false, _, true) => None,
+        (true, ..) => Some("not a directory (symbolic links are not followed)".into()),
+        (false, ..) => Some("not a regular file (symbolic links are not followed)".into()),
+    }
+}
+
+/// The file (or a sharded checkpoint's index) of a local checkpoint.
+fn local_path(dir: &Path, e: &LedgerEntry) -> PathBuf {
+    let p = dir.join(&e.path);
+    if e.is_sharded() { p.join(safeckpt_format::index::DEFAULT_INDEX_NAME) } else { p }
+}
+
+/// Whether a local checkpoint can serve a resume, judged without reading its data: it is there,
+/// every file's header parses and fits the file's length (a truncated file fails), the shards an
+/// index names are there and hold its tensors, and when it was written with checksums every
+/// file's integrity record is present and matches its header (covering every tensor). Damage
+/// inside tensor data is left to the checksums that resume verifies.
+fn looks_loadable(dir: &Path, e: &LedgerEntry) -> bool {
+    if entry_problem(dir, e).is_some() {
+        return false;
+    }
+    let Ok(set) = ShardedReader::open(local_path(dir, e)) else { return false };
+    set.shards().iter().all(|r| match r.integrity() {
+        Ok(Some(i)) => {
+            i.header_matches(r.header())
+                && i.tensors.len() == r.len()
+                && r.tensors().all(|t| i.tensors.contains_key(t.name()))
+        }
+        Ok(None) => !e.checksums,
+        Err(_) => false,
+    })
+}
+
+/// Removes a file or a directory (a symbolic link itself, never what it points to); missing is
+/// fine.
+fn remove_entry(p: &Path) -> std::io::Result<()> {
+    let r = match std::fs::symlink_metadata(p) {
+        Ok(m) if m.file_type().is_dir() => std::fs::remove_dir_all(p),
+        Ok(_) => std::fs::remove_file(p),
+        Err(e) => Err(e),
+    };
+    match r {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        r => r,
+    }
+}
+
+/// Swaps two directory entries atomically (`renameat2(RENAME_EXCHANGE)`). `Ok(false)` where the
+/// kernel or the filesystem cannot.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn exchange(a: &Path, b: &Path) -> std::io::Result<bool> {
+    use rustix::fs::{CWD, RenameFlags, renameat_with};
+    use rustix::io::Errno;
+    match renameat_with(CWD, a, CWD, b, RenameFlags::EXCHANGE) {
+        Ok(()) => Ok(true),
+        Err(Errno::INVAL | Errno::NOSYS | Errno::OPNOTSUPP) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn exchange(_: &Path, _: &Path) -> std::io::Result<bool> {
+    Ok(false)
+}
+
+/// Where a sharded checkpoint is set aside while its replacement is renamed in (systems without
+/// an atomic exchange).
+fn aside_name(name: &str) -> String {
+    format!(".{name}.old.{}", std::process::id())
+}
+
+/// Where a sharded checkpoint is written before it is renamed in.
+fn temp_dir_name(name: &str) -> String {
+    format!(".{name}.tmp{}", std::process::id())
+}
+
+/// The checkpoint a leftover of a sharded save or replacement belongs to: `ckpt-N` for
+/// `.ckpt-N.tmp<pid>` (written, not yet renamed in; or, after an exchange, the replaced copy)
+/// and `.ckpt-N.old.<pid>` (the replaced copy set aside). The flag says which kind.
+fn leftover_of(name: &str) -> Option<(String, bool)> {
+    let rest = name.strip_prefix('.')?;
+    let (target, aside) = match rest.split_once(".old.") {
+        Some((t, _)) => (t, true),
+        None => (rest.split_once(".tmp")?.0, false),
+    };
+    (parse_step(target).is_some() && !target.ends_with(".safetensors")).then(|| (target.to_string(), aside))
+}
+
+/// Moves a complete sharded checkpoint from `tmp` to `final_dir` inside the run directory `dir`,
+/// replacing any checkpoint there such that a crash at any instant leaves one complete copy under
+/// a name [`CheckpointManager::open`] recovers: the two are exchanged atomically and the old one,
+/// now at the temporary name, is removed; where exchange is not supported the old one is first
+/// renamed aside. The directory is flushed (when `fsync`) before the old copy is removed.
+fn install_dir(dir: &Path, tmp: &Path, final_dir: &Path, fsync: bool) -> Result<()> {
+    install_dir_with(dir, tmp, final_dir, fsync, exchange)
+}
+
+/// [`install_dir`] with the exchange given (tests force the fallback).
+fn install_dir_with(
+    dir: &Path,
+    tmp: &Path,
+    final_dir: &Path,
+    fsync: bool,
+    exchange: fn(&Path, &Path) -> std::io::Result<bool>,
+) -> Result<()> {
+    let sync = || -> Result<()> {
+        if fsync {
+            safeckpt_writer::atomic::sync_dir(Some(dir)).map_err(|e| CandleError::io(dir, e))?;
+        }
+        Ok(())
+    };
+    let rename = |from: &Path, to: &Path| std::fs::rename(from, to).map_err(|e| CandleError::io(to, e));
+    let replaced = match std::fs::symlink_metadata(final_dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(CandleError::io(final_dir, e)),
+        Ok(_) => match exchange(tmp, final_dir) {
+            Ok(true) => Some(tmp.to_path_buf()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(CandleError::io(final_dir, e)),
+            Ok(false) => {
+                let name = final_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                let aside = dir.join(aside_name(&name));
+                remove_entry(&aside).map_err(|e| CandleError::io(&aside, e))?;
+                rename(final_dir, &aside)?;
+                Some(aside)
+            }
+        },
+    };
+    if replaced.as_deref() != Some(tmp) {
+        rename(tmp, final_dir)?;
+    }
+    sync()?;
+    if let Some(old) = replaced {
+        // A failure leaves a leftover that the next `open` removes; the new checkpoint is in place.
+        let _ = remove_entry(&old);
+    }
+    Ok(())
+}
+
+/// Recovers the leftovers of sharded saves and replacements a crash interrupted (see
+/// [`install_dir`]): where a checkpoint's name is missing, a copy set aside is put back (it is the
+/// one the ledger lists; it is never deleted while it is the only copy), or else a complete set at
+/// its temporary name (it opens and every checksum verifies) is renamed in to be adopted. Every
+/// other leftover is removed.
+fn recover_sharded_leftovers(dir: &Path) -> Result<()> {
+    // (a temporary directory rather than a copy set aside, name, the checkpoint's name)
+    let mut leftovers: Vec<(bool, String, Option<String>)> = Vec::new();
+    for e in std::fs::read_dir(dir).map_err(|e| CandleError::io(dir, e))?.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let ours = name.starts_with(".ckpt-") && (name.contains(".tmp") || name.contains(".old."));
+        if ours && e.file_type().is_ok_and(|t| t.is_dir()) {
+            let of = leftover_of(&name);
+            // Copies set aside first: they are the ledger's.
+            leftovers.push((!of.as_ref().is_some_and(|(_, aside)| *aside), name, of.map(|(target, _)| target)));
+        }
+    }
+    leftovers.sort();
+    for (is_tmp, name, target) in leftovers {
+        let path = dir.join(&name);
+        let missing = |target: &String| {
+            std::fs::symlink_metadata(dir.join(target)).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
+        };
+        let complete = || {
+            ShardedReader::open(path.join(safeckpt_format::index::DEFAULT_INDEX_NAME))
+                .and_then(|set| set.verify())
+                .is_ok_and(|r| r.iter().all(|r| r.is_ok()))
+        };
+        let restore = target.filter(|t| missing(t) && (!is_tmp || complete()));
+        if let Some(target) = restore {
+            let final_dir = dir.join(target);
+            std::fs::rename(&path, &final_dir).map_err(|e| CandleError::io(&final_dir, e))?;
+        } else {
+            std::fs::remove_dir_all(&path).map_err(|e| CandleError::io(&path, e))?;
+        }
+    }
+    Ok(())
 }
 
 fn hostname() -> String {
@@ -279,26 +492,45 @@ impl Shared {
         self.ledger.checkpoints.retain(|e| keep.contains(&e.step));
         self.write_ledger()?;
         for e in dropped {
+            // Never anything but a checkpoint of the run (entries are checked when the run is
+            // opened; this keeps deletion itself to the rule).
+            if !e.follows_naming_rule() {
+                continue;
+            }
             if let Some(remote) = &self.remote {
                 remote_run::delete_checkpoint(remote, &e.path)?;
                 continue;
             }
             let p = self.dir.join(&e.path);
-            let r = if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
-            if let Err(err) = r
-                && err.kind() != std::io::ErrorKind::NotFound
-            {
-                return Err(CandleError::io(p, err));
-            }
+            remove_entry(&p).map_err(|err| CandleError::io(p, err))?;
         }
         Ok(())
     }
 
+    /// The steps retention keeps: the newest `keep_last` loadable checkpoints and every
+    /// checkpoint newer than the oldest of them, plus the best `keep` loadable ones by the
+    /// keep-best metric. A checkpoint that is missing or damaged (see [`looks_loadable`]) counts
+    /// toward neither, so damage never costs a good checkpoint; it is kept while it is among the
+    /// newest (a resume skips it) and deleted once it ages out.
     fn retained(&self) -> BTreeSet<u64> {
         let all = &self.ledger.checkpoints;
-        let mut keep: BTreeSet<u64> = all.iter().rev().take(self.opts.keep_last.max(1)).map(|e| e.step).collect();
+        let mut known: BTreeMap<u64, bool> = BTreeMap::new();
+        let mut loadable = |e: &LedgerEntry| {
+            // Runs in an object store: their entries were listed when the run was opened, and
+            // probing each would cost requests on every save.
+            *known.entry(e.step).or_insert_with(|| self.remote.is_some() || looks_loadable(&self.dir, e))
+        };
+        let mut keep = BTreeSet::new();
+        let mut good = 0;
+        for e in all.iter().rev() {
+            if good == self.opts.keep_last.max(1) {
+                break;
+            }
+            keep.insert(e.step);
+            good += usize::from(loadable(e));
+        }
         if let Some(b) = &self.opts.keep_best {
-            keep.extend(best_entries(all, b).into_iter().take(b.keep).map(|e| e.step));
+            keep.extend(best_entries(all, b).into_iter().filter(|e| loadable(e)).take(b.keep).map(|e| e.step));
         }
         keep
     }
@@ -351,13 +583,8 @@ impl CheckpointManager {
         let _ = lock.flush();
 
         remove_leftovers(&dir).map_err(|e| CandleError::io(&dir, e))?;
-        // Half-written sharded checkpoints (temporary directories).
-        for e in std::fs::read_dir(&dir).map_err(|e| CandleError::io(&dir, e))?.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if name.starts_with(".ckpt-") && name.contains(".tmp") && e.path().is_dir() {
-                std::fs::remove_dir_all(e.path()).map_err(|err| CandleError::io(e.path(), err))?;
-            }
-        }
+        // Sharded checkpoints caught half-written or mid-replacement.
+        recover_sharded_leftovers(&dir)?;
         let ledger_path = dir.join(LEDGER);
         let mut ledger: Ledger = match Ledger::read_bytes(&ledger_path) {
             Ok(bytes) => Ledger::parse(&bytes).map_err(|e| CandleError::Checkpoint {
@@ -368,23 +595,41 @@ impl CheckpointManager {
             Err(e) => return Err(CandleError::io(ledger_path, e)),
         };
         let before = ledger.clone();
-        ledger.checkpoints.retain(|e| dir.join(&e.path).exists());
-        let listed: BTreeSet<String> = ledger.checkpoints.iter().map(|e| e.path.clone()).collect();
+        let mut ignored = Vec::new();
+        let mut steps = BTreeSet::new();
+        ledger.checkpoints.retain(|e| {
+            let problem = entry_problem(&dir, e)
+                .or_else(|| (!steps.insert(e.step)).then(|| format!("a second entry for step {}", e.step)));
+            match problem {
+                Some(why) => {
+                    ignored.push((e.clone(), why));
+                    false
+                }
+                None => true,
+            }
+        });
         let mut adopted = Vec::new();
         for e in std::fs::read_dir(&dir).map_err(|e| CandleError::io(&dir, e))?.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            if parse_step(&name).is_none() || listed.contains(&name) {
+            let Some(step) = parse_step(&name) else { continue };
+            if steps.contains(&step) {
                 continue;
             }
-            let target =
-                if e.path().is_dir() { e.path().join(safeckpt_format::index::DEFAULT_INDEX_NAME) } else { e.path() };
+            let Ok(kind) = e.file_type() else { continue };
+            let target = match (kind.is_dir(), kind.is_file(), name.ends_with(".safetensors")) {
+                (true, _, false) => e.path().join(safeckpt_format::index::DEFAULT_INDEX_NAME),
+                (_, true, true) => e.path(),
+                _ => continue,
+            };
             let ok = ShardedReader::open(&target).ok().and_then(|set| {
                 let reports = set.verify().ok().filter(|r| r.iter().all(|r| r.is_ok()))?;
                 let state = read_train_state(&set).ok()?;
                 Some((state, reports.iter().all(|r| r.has_checksums)))
             });
-            if let Some((state, checksums)) = ok {
+            // Adopted under the step its train state records, which must be the name's.
+            if let Some((state, checksums)) = ok.filter(|(state, _)| state.step == step) {
                 ledger.checkpoints.push(entry_for(&state, name.clone(), checksums));
+                steps.insert(step);
                 adopted.push(name);
             }
         }
@@ -403,6 +648,7 @@ impl CheckpointManager {
             fence: Fence::default(),
             in_flight: None,
             adopted,
+            ignored,
         })
     }
 
@@ -448,22 +694,42 @@ impl CheckpointManager {
             .filter(|(n, is_dir, has_index)| parse_step(n).is_some() && (!is_dir || *has_index))
             .map(|(n, is_dir, _)| (n.as_str(), *is_dir))
             .collect();
-        ledger.checkpoints.retain(|e| complete.contains_key(e.path.as_str()));
-        let listed: BTreeSet<String> = ledger.checkpoints.iter().map(|e| e.path.clone()).collect();
+        let mut ignored = Vec::new();
+        let mut steps = BTreeSet::new();
+        ledger.checkpoints.retain(|e| {
+            let problem = if !e.follows_naming_rule() {
+                Some(format!("`{}` is not the checkpoint of step {} in the run", e.path, e.step))
+            } else if complete.get(e.path.as_str()) != Some(&e.is_sharded()) {
+                Some("missing".to_string())
+            } else if !steps.insert(e.step) {
+                Some(format!("a second entry for step {}", e.step))
+            } else {
+                None
+            };
+            match problem {
+                Some(why) => {
+                    ignored.push((e.clone(), why));
+                    false
+                }
+                None => true,
+            }
+        });
         let mut adopted = Vec::new();
         for (name, is_dir) in &complete {
-            if listed.contains(*name) {
+            let Some(step) = parse_step(name) else { continue };
+            if steps.contains(&step) || *is_dir == name.ends_with(".safetensors") {
                 continue;
             }
-            let into = staging.0.join("adopt");
+            let into = staging.path().join("adopt");
             let found = remote_run::download_checkpoint(prefix, name, *is_dir, &into).ok().and_then(|local| {
                 let set = ShardedReader::open(&local).ok()?;
                 let reports = set.verify().ok().filter(|r| r.iter().all(|r| r.is_ok()))?;
                 Some((read_train_state(&set).ok()?, reports.iter().all(|r| r.has_checksums)))
             });
             let _ = std::fs::remove_dir_all(&into);
-            if let Some((state, checksums)) = found {
+            if let Some((state, checksums)) = found.filter(|(state, _)| state.step == step) {
                 ledger.checkpoints.push(entry_for(&state, name.to_string(), checksums));
+                steps.insert(step);
                 adopted.push(name.to_string());
             }
         }
@@ -475,7 +741,7 @@ impl CheckpointManager {
         ledger.checkpoints.sort_by_key(|e| e.step);
         ledger.version = 1;
         ledger.keep_best = opts.keep_best.clone();
-        let dir = staging.0.clone();
+        let dir = staging.path().to_path_buf();
         let shared = Shared { dir: dir.clone(), opts, ledger, remote: Some(remote) };
         if shared.ledger != before {
             shared.write_ledger()?;
@@ -488,6 +754,7 @@ impl CheckpointManager {
             fence: Fence::default(),
             in_flight: None,
             adopted,
+            ignored,
         })
     }
 
@@ -508,6 +775,15 @@ impl CheckpointManager {
     /// Checkpoints adopted from the directory when it was opened (see [`CheckpointManager::open`]).
     pub fn adopted(&self) -> &[String] {
         &self.adopted
+    }
+
+    /// Ledger entries left out when the run was opened, with the reason: entries that do not
+    /// name a checkpoint of their step inside the run (see [`LedgerEntry::follows_naming_rule`]),
+    /// whose checkpoint is missing or not of its kind (a symbolic link, a directory where a file
+    /// belongs), or that repeat a step. They are never opened, resumed from or deleted, and the
+    /// ledger is rewritten without them.
+    pub fn ignored(&self) -> &[(LedgerEntry, String)] {
+        &self.ignored
     }
 
     /// Whether the policy asks for a checkpoint after `step` (and at the end of an epoch).
@@ -545,8 +821,7 @@ impl CheckpointManager {
             };
             return PathBuf::from(remote_run::url(&remote.prefix, &name));
         }
-        let p = self.dir.join(&e.path);
-        if p.is_dir() { p.join(safeckpt_format::index::DEFAULT_INDEX_NAME) } else { p }
+        local_path(&self.dir, e)
     }
 
     /// A fence to give to optimizers (`set_fence`): their next step waits until an asynchronous
@@ -572,12 +847,11 @@ impl CheckpointManager {
         let total: u64 = vars.iter().map(|(_, v)| (v.elem_count() * v.dtype().size_in_bytes()) as u64).sum();
         let sharded = opts.max_shard_size.is_some_and(|m| total > m);
         let path = if sharded {
-            let tmp = self.dir.join(format!(".{}.tmp{}", file_name(state.step), std::process::id()));
+            let tmp = self.dir.join(temp_dir_name(&file_name(state.step)));
             let _ = std::fs::remove_dir_all(&tmp);
             save_checkpoint(&tmp, vars, opt, state, &opts)?;
             let final_dir = self.target(state.step, true);
-            let _ = std::fs::remove_dir_all(&final_dir);
-            std::fs::rename(&tmp, &final_dir).map_err(|e| CandleError::io(&final_dir, e))?;
+            install_dir(&self.dir, &tmp, &final_dir, opts.write.has_fsync())?;
             final_dir
         } else {
             save_checkpoint(self.target(state.step, false), vars, opt, state, &opts)?
@@ -621,7 +895,7 @@ impl CheckpointManager {
             .spawn(move || -> Result<()> {
                 let opts = shared.lock().unwrap_or_else(|p| p.into_inner()).opts.checkpoint.clone();
                 let sharded = opts.max_shard_size.is_some_and(|m| total > m);
-                let tmp_dir = dir.join(format!(".{}.tmp{}", file_name(step), std::process::id()));
+                let tmp_dir = dir.join(temp_dir_name(&file_name(step)));
                 // Phase 1, fenced: every byte written from the live variables and optimizer
                 // buffers; then the fence opens and training may modify them again.
                 let guard = FenceGuard(fence);
@@ -635,11 +909,7 @@ impl CheckpointManager {
                 // Phase 2, unfenced: flush, rename, ledger.
                 let path = pending.commit(opts.write.has_fsync())?;
                 let path = if sharded {
-                    let _ = std::fs::remove_dir_all(&target_dir);
-                    std::fs::rename(&tmp_dir, &target_dir).map_err(|e| CandleError::io(&target_dir, e))?;
-                    if opts.write.has_fsync() {
-                        safeckpt_writer::atomic::sync_dir(Some(&dir)).map_err(|e| CandleError::io(&dir, e))?;
-                    }
+                    install_dir(&dir, &tmp_dir, &target_dir, opts.write.has_fsync())?;
                     target_dir
                 } else {
                     path
@@ -747,5 +1017,56 @@ impl Drop for CheckpointManager {
         if let Err(e) = self.wait() {
             eprintln!("safeckpt: {e}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> =
+            std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        v.sort();
+        v
+    }
+
+    fn set(dir: &Path, content: &str) {
+        std::fs::create_dir(dir).unwrap();
+        std::fs::write(dir.join("model.safetensors.index.json"), content).unwrap();
+    }
+
+    fn content(dir: &Path) -> String {
+        std::fs::read_to_string(dir.join("model.safetensors.index.json")).unwrap()
+    }
+
+    /// Both ways of replacing a sharded checkpoint, the atomic exchange and the rename aside used
+    /// where the filesystem has none, leave the new copy in place and nothing else.
+    #[test]
+    fn a_sharded_checkpoint_is_replaced_by_exchange_or_by_rename_aside() {
+        let unsupported: fn(&Path, &Path) -> std::io::Result<bool> = |_, _| Ok(false);
+        for (how, exchange) in [("exchange", exchange as fn(&Path, &Path) -> _), ("rename aside", unsupported)] {
+            let run = tempfile::tempdir().unwrap();
+            let (tmp, target) = (run.path().join(".ckpt-000000000001.tmp7"), run.path().join("ckpt-000000000001"));
+            // Nothing to replace, then something.
+            set(&tmp, "first");
+            install_dir_with(run.path(), &tmp, &target, true, exchange).unwrap();
+            assert_eq!(content(&target), "first", "{how}");
+            set(&tmp, "second");
+            install_dir_with(run.path(), &tmp, &target, true, exchange).unwrap();
+            assert_eq!(content(&target), "second", "{how}");
+            assert_eq!(names(run.path()), ["ckpt-000000000001"], "{how}");
+        }
+    }
+
+    #[test]
+    fn leftover_names() {
+        assert_eq!(leftover_of(".ckpt-000000000001.tmp42"), Some(("ckpt-000000000001".into(), false)));
+        assert_eq!(leftover_of(".ckpt-000000000001.old.42"), Some(("ckpt-000000000001".into(), true)));
+        assert_eq!(leftover_of(&aside_name("ckpt-000000000003")), Some(("ckpt-000000000003".into(), true)));
+        assert_eq!(leftover_of(&temp_dir_name("ckpt-000000000003")), Some(("ckpt-000000000003".into(), false)));
+        assert_eq!(leftover_of(".ckpt-000000000001.safetensors.tmp42"), None);
+        assert_eq!(leftover_of(".ckpt-1.tmp42"), None);
+        assert_eq!(leftover_of("ckpt-000000000001.tmp42"), None);
     }
 }

@@ -189,26 +189,57 @@ pub(crate) use imp::{
     acquire, delete_checkpoint, download_checkpoint, put_ledger, scan, taken_over_from, upload_checkpoint, url,
 };
 
-/// A private local directory for staging, removed on drop.
+/// A private local directory for staging, removed on drop. It is made afresh (never an existing
+/// directory or a symbolic link someone placed there), under an unpredictable name, readable
+/// only by its owner.
 #[derive(Debug)]
-pub(crate) struct Staging(pub PathBuf);
+pub(crate) struct Staging(tempfile::TempDir);
 
 impl Staging {
     pub(crate) fn new() -> Result<Staging> {
-        use std::sync::atomic::{AtomicU64, Ordering};
-        static N: AtomicU64 = AtomicU64::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "safeckpt-run-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).map_err(|e| CandleError::io(&dir, e))?;
+        let mut builder = tempfile::Builder::new();
+        builder.prefix("safeckpt-run-");
+        #[cfg(unix)]
+        builder.permissions(<std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o700));
+        let dir = builder.tempdir().map_err(|e| CandleError::io(std::env::temp_dir(), e))?;
         Ok(Staging(dir))
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        self.0.path()
     }
 }
 
-impl Drop for Staging {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The staging directory is made afresh under an unpredictable name, private to its owner:
+    /// a symbolic link planted at a name another user could guess is neither followed nor used.
+    #[cfg(unix)]
+    #[test]
+    fn staging_is_a_fresh_private_directory() {
+        use std::os::unix::fs::PermissionsExt;
+        let elsewhere = tempfile::tempdir().unwrap();
+        let planted: Vec<PathBuf> =
+            (0..16).map(|n| std::env::temp_dir().join(format!("safeckpt-run-{}-{n}", std::process::id()))).collect();
+        for p in &planted {
+            let _ = std::fs::remove_file(p);
+            std::os::unix::fs::symlink(elsewhere.path(), p).unwrap();
+        }
+        let staging = Staging::new().unwrap();
+        let path = staging.path().to_path_buf();
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        for p in &planted {
+            let _ = std::fs::remove_file(p);
+        }
+        assert!(!planted.contains(&path), "{path:?}");
+        assert!(meta.file_type().is_dir(), "{path:?} is not a plain directory");
+        assert_eq!(meta.permissions().mode() & 0o777, 0o700);
+        assert!(path.file_name().unwrap().to_string_lossy().starts_with("safeckpt-run-"));
+        std::fs::write(path.join("x"), b"x").unwrap();
+        assert_eq!(std::fs::read_dir(elsewhere.path()).unwrap().count(), 0);
+        drop(staging);
+        assert!(!path.exists());
     }
 }

@@ -3,6 +3,7 @@
 mod checkpoint;
 mod common;
 mod manager;
+mod manager_safety;
 mod optim;
 #[cfg(feature = "object-store")]
 mod remote_manager;
