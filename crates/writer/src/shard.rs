@@ -265,6 +265,19 @@ pub(crate) fn tagged_name(name: &str, tag: &str) -> String {
     format!("{name}-{tag}")
 }
 
+/// Whether `name` is a shard name this writer gives a set of `prefix`:
+/// `<prefix>-0000K-of-0000N.safetensors`, with or without a generation tag (`-g<N>`).
+pub(crate) fn is_shard_name(name: &str, prefix: &str) -> bool {
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let Some(rest) = name.strip_prefix(prefix).and_then(|r| r.strip_prefix('-')) else { return false };
+    let Some(rest) = rest.strip_suffix(".safetensors") else { return false };
+    let rest = match rest.split_once('-') {
+        Some((tag, after)) if tag.len() > 1 && tag.starts_with('g') && digits(&tag[1..]) => after,
+        _ => rest,
+    };
+    matches!(rest.split_once("-of-"), Some((k, n)) if digits(k) && digits(n))
+}
+
 /// The generation tag that gives the new set's `names` no clash with the previous set: none (the
 /// names as they are) when no name is referenced by the old index, else the first `g<N>` whose
 /// names are neither referenced nor present in `dir`.
@@ -422,6 +435,25 @@ pub fn commit_set_observed(
             Previous::Set(refs) => refs.iter().filter(|n| !keep.contains(n.as_str())).cloned().collect(),
             _ => Vec::new(),
         };
+        // Shards of this prefix that no index references: left by a crash between an earlier
+        // commit and its clean-up.
+        let prefix = index_path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".safetensors.index.json"))
+            .map(str::to_string);
+        if let (Some(prefix), Ok(entries)) = (prefix, std::fs::read_dir(dir)) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if is_shard_name(&name, &prefix)
+                    && !keep.contains(name.as_str())
+                    && !doomed.contains(&name)
+                    && e.file_type().is_ok_and(|t| t.is_file())
+                {
+                    doomed.push(name);
+                }
+            }
+        }
         // A single-file save of the same prefix, from before the set.
         if let Some(single) =
             index_path.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".index.json"))
@@ -458,6 +490,17 @@ mod tests {
         assert_eq!(tagged_name("my-net-00002-of-00010.safetensors", "g7"), "my-net-g7-00002-of-00010.safetensors");
         assert_eq!(tagged_name("rank-1.safetensors", "g2"), "rank-1-g2.safetensors");
         assert_eq!(tagged_name("weights.bin", "g2"), "weights.bin-g2");
+    }
+
+    #[test]
+    fn shard_names_are_recognised_with_and_without_a_tag() {
+        assert!(is_shard_name("model-00001-of-00003.safetensors", "model"));
+        assert!(is_shard_name("model-g12-00001-of-00003.safetensors", "model"));
+        assert!(!is_shard_name("model.safetensors", "model"));
+        assert!(!is_shard_name("model-00001-of-00003.safetensors.bak", "model"));
+        assert!(!is_shard_name("other-00001-of-00003.safetensors", "model"));
+        assert!(!is_shard_name("model-extra-00001-of-00003.safetensors", "model"));
+        assert!(!is_shard_name("model-g-00001-of-00003.safetensors", "model"));
     }
 
     #[test]

@@ -159,6 +159,8 @@ fn a_leftover_of_an_interrupted_clean_up_is_not_reused() {
     replace_step_by_step(dir.path(), 1, 2, 300);
     let names = listing(dir.path());
     assert!(names.contains(&"model-g2-00001-of-00004.safetensors".to_string()), "{names:?}");
+    // The debris, a shard of the prefix that no index references, is gone too.
+    assert_eq!(names.len(), 5, "{names:?}");
 }
 
 #[test]
@@ -170,10 +172,18 @@ fn an_unreadable_index_makes_every_existing_name_taken() {
     write_sharded(dir.path(), "model", &sources(&tensors), None, 300, &WriteOptions::new().fsync(false), &|_| {})
         .unwrap();
     assert_eq!(generation_of(dir.path(), &[2], Rule::IndexFirst), Ok(2));
-    // The old files were not overwritten (no index said what they were).
-    let names = listing(dir.path());
-    assert!(names.contains(&"model-00001-of-00004.safetensors".to_string()), "{names:?}");
-    assert!(names.contains(&"model-g1-00001-of-00004.safetensors".to_string()), "{names:?}");
+    // The new set took fresh names (no index said what the old files were), and once committed,
+    // the unreferenced shards of its prefix were removed.
+    assert_eq!(
+        listing(dir.path()),
+        [
+            "model-g1-00001-of-00004.safetensors",
+            "model-g1-00002-of-00004.safetensors",
+            "model-g1-00003-of-00004.safetensors",
+            "model-g1-00004-of-00004.safetensors",
+            "model.safetensors.index.json"
+        ]
+    );
 }
 
 #[test]
