@@ -20,6 +20,9 @@ pub enum Mode {
     File,
     /// `write_sharded` into a new directory per step, committed by renaming the directory.
     Sharded,
+    /// `write_sharded` over the previous set in the same directory, step after step (shards of the
+    /// same names each time): every state must be the complete old set or the complete new one.
+    ShardedReplace,
     /// A `CheckpointManager` with a ledger, retention, and alternating synchronous and
     /// asynchronous saves.
     Manager,
@@ -47,6 +50,20 @@ impl Mode {
     fn is_manager(self) -> bool {
         matches!(self, Mode::Manager | Mode::ManagerSharded)
     }
+}
+
+/// The index of the set that [`Mode::ShardedReplace`] replaces in place.
+const REPLACE_INDEX: &str = "model.safetensors.index.json";
+
+/// Files in a [`Mode::ShardedReplace`] directory that the index does not reference and that are
+/// not temporary files: shards of an earlier set that a kill kept from being removed.
+fn unreferenced_shards(dir: &Path) -> usize {
+    let referenced: Vec<String> = std::fs::read(dir.join(REPLACE_INDEX))
+        .ok()
+        .and_then(|b| safeckpt_format::ShardIndex::parse(&b).ok())
+        .map(|i| i.shards().into_iter().map(str::to_string).collect())
+        .unwrap_or_default();
+    listing(dir).iter().filter(|n| n.ends_with(".safetensors") && !referenced.contains(n)).count()
 }
 
 /// Tensor size scale used by the loops (8 tensors of 4..32 Ki floats: 576 KiB per checkpoint).
@@ -113,6 +130,17 @@ pub fn save_loop(mode: Mode, dir: &Path, steps: u64) -> Result<()> {
                 }
             }
         }
+        Mode::ShardedReplace => {
+            // No clean-up here: the writer itself removes the temporary files of killed writers.
+            let index = dir.join(REPLACE_INDEX);
+            let start = if index.exists() { file_step(&index)? + 1 } else { 1 };
+            for step in start..start + steps {
+                let raw = content::raw(step, SCALE);
+                let meta = safeckpt_format::Metadata::from([("step".to_string(), step.to_string())]);
+                let total: usize = raw.iter().map(|(_, b)| b.len()).sum();
+                write_sharded(dir, "model", &content::sources(&raw), Some(meta), (total / 3) as u64, &fsync, &|_| {})?;
+            }
+        }
         Mode::Manager | Mode::ManagerSharded => {
             let mut m = CheckpointManager::open(dir, mode.manager_options())?;
             let start = m.latest().map_or(1, |e| e.step + 1);
@@ -151,6 +179,9 @@ pub struct CrashReport {
     pub leftovers_seen: usize,
     /// Leftovers still present after the next writer opened the directory.
     pub leftovers_after_cleanup: usize,
+    /// Kills that left a replaced set's shards behind, unreferenced (sharded-replace mode; the
+    /// next replacement removes them).
+    pub unreferenced_seen: usize,
     /// Problems, one line each (empty when all is well).
     pub problems: Vec<String>,
 }
@@ -201,6 +232,31 @@ pub(crate) fn check_after_kill(mode: Mode, dir: &Path, report: &mut CrashReport)
                 }
             }
             Ok(Some(*step))
+        }
+        Mode::ShardedReplace => {
+            if unreferenced_shards(dir) > 0 {
+                report.unreferenced_seen += 1;
+            }
+            let index = dir.join(REPLACE_INDEX);
+            if !index.exists() {
+                return Ok(None);
+            }
+            // The index, not the directory: a kill may leave unreferenced shards next to it.
+            let set = ShardedReader::open(&index)?;
+            ensure!(set.verify()?.iter().all(|r| r.is_ok() && r.has_checksums), "the set does not verify");
+            let step = file_step(&index)?;
+            // Every shard from the same save, and every tensor what that save wrote: a mixed set
+            // (new shards under the old index, or the reverse) fails here.
+            for shard in set.shards() {
+                let s = shard.metadata().and_then(|m| m.get("step")).and_then(|s| s.parse::<u64>().ok());
+                ensure!(
+                    s == Some(step),
+                    "a mixed set: {} holds step {s:?}, the index step {step}",
+                    shard.path().display()
+                );
+            }
+            content::check(&set, step, "", SCALE)?;
+            Ok(Some(step))
         }
         Mode::Manager | Mode::ManagerSharded => {
             let m = CheckpointManager::open(dir, mode.manager_options())?;
@@ -285,6 +341,10 @@ pub fn campaign(exe: &Path, mode: Mode, dir: &Path, kills: usize, max_delay_ms: 
     }
     if !mode.is_manager() {
         report.leftovers_after_cleanup += listing(dir).iter().filter(|n| is_leftover(n)).count();
+    }
+    if mode == Mode::ShardedReplace {
+        // After the last, uninterrupted replacement nothing of earlier sets may remain.
+        report.leftovers_after_cleanup += unreferenced_shards(dir);
     }
     Ok(report)
 }

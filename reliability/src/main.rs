@@ -165,7 +165,7 @@ fn report(exe: &std::path::Path, kills: usize, flips: usize, commits: usize, see
     let started = Instant::now();
     let mut rows = Rows::new();
     let cmd = |args: &str| format!("`cargo run --release -p safeckpt-reliability -- {args}`");
-    for mode in [Mode::File, Mode::Sharded, Mode::Manager, Mode::ManagerSharded] {
+    for mode in [Mode::File, Mode::Sharded, Mode::ShardedReplace, Mode::Manager, Mode::ManagerSharded] {
         let dir = tempfile::tempdir()?;
         let t = Instant::now();
         let r = crash::campaign(exe, mode, dir.path(), kills, 120, seed)?;
@@ -181,7 +181,14 @@ fn report(exe: &std::path::Path, kills: usize, flips: usize, commits: usize, see
             r.leftovers_after_cleanup,
             t.elapsed().as_secs_f64(),
             if r.problems.is_empty() { String::new() } else { format!("; problems: {:?}", r.problems) }
-        );
+        ) + &if mode == Mode::ShardedReplace {
+            format!(
+                "; kills that left the replaced set's shards unreferenced (removed by the next save) {}",
+                r.unreferenced_seen
+            )
+        } else {
+            String::new()
+        };
         rows.push((what, result, cmd(&format!("crash --mode {} --kills {kills}", mode.name()))));
     }
     let base = tempfile::tempdir()?;
@@ -251,7 +258,7 @@ fn report(exe: &std::path::Path, kills: usize, flips: usize, commits: usize, see
         },
         cmd("report"),
     ));
-    for mode in [Mode::File, Mode::Sharded, Mode::Manager, Mode::ManagerSharded] {
+    for mode in [Mode::File, Mode::Sharded, Mode::ShardedReplace, Mode::Manager, Mode::ManagerSharded] {
         let name = mode.name();
         let what = format!("power loss after any operation of a traced {name} save (modelled)");
         let result = if powerloss::available() {

@@ -22,6 +22,15 @@ fn sigkill_during_saves_loses_nothing() {
 }
 
 #[test]
+fn sigkill_while_a_set_is_replaced_never_shows_a_mixed_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = crash::campaign(exe(), Mode::ShardedReplace, dir.path(), 12, 120, 15).unwrap();
+    assert!(r.is_clean(), "{r:#?}");
+    assert_eq!(r.kills, 12);
+    assert!(r.latest_ok >= 6, "too few kills landed after a save: {r:#?}");
+}
+
+#[test]
 fn corruption_is_always_detected() {
     let r = corrupt::campaign(3000, 5).unwrap();
     assert_eq!(r.silent_wrong, 0, "{r:#?}");
@@ -96,7 +105,13 @@ fn power_loss_after_any_operation_loses_nothing() {
         eprintln!("skipped: strace not installed");
         return;
     }
-    for (mode, seed) in [(Mode::File, 21), (Mode::Sharded, 22), (Mode::Manager, 23), (Mode::ManagerSharded, 26)] {
+    for (mode, seed) in [
+        (Mode::File, 21),
+        (Mode::Sharded, 22),
+        (Mode::ShardedReplace, 27),
+        (Mode::Manager, 23),
+        (Mode::ManagerSharded, 26),
+    ] {
         let r = powerloss::campaign(exe(), mode, 3, seed).unwrap();
         assert!(r.is_clean(), "{mode:?}: {r:#?}");
         assert!(r.new_checkpoint > 0 && r.previous_checkpoint > 0, "{mode:?}: {r:#?}");
