@@ -26,6 +26,8 @@ enum Side {
 
 impl Side {
     fn open(p: &Path) -> Result<Side> {
+        // Before the first bytes are sniffed: opening a FIFO would block.
+        crate::util::require_file_or_dir(p)?;
         Ok(if crate::torch_cmd::is_torch_file(p) {
             Side::Torch(TorchArchive::open(p)?)
         } else {

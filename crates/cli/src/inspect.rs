@@ -57,6 +57,7 @@ impl<'a> SetHeaders<'a> {
 
 /// Renders the report for a safetensors file or index.
 pub fn inspect_safetensors(path: &Path, as_json: bool) -> Result<String> {
+    crate::util::require_file_or_dir(path)?;
     let set = ShardedReader::open(path)?;
     render(&SetHeaders::local(path, &set), as_json)
 }

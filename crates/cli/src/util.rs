@@ -27,6 +27,20 @@ impl std::fmt::Display for Exit {
 
 impl std::error::Error for Exit {}
 
+/// Refuses a local input that is neither a regular file nor a directory (symbolic links
+/// followed), before anything opens it: a device such as `/dev/zero` would be read until memory
+/// runs out, and opening a FIFO blocks. Exit status 2. A path that does not exist passes, for the
+/// command to report as it always has.
+pub fn require_file_or_dir(path: &std::path::Path) -> anyhow::Result<()> {
+    match std::fs::metadata(path) {
+        Ok(m) if !(m.is_file() || m.is_dir()) => {
+            Err(Exit(EXIT_BAD_INPUT, format!("{}: not a regular file (a device, FIFO or directory)", path.display()))
+                .into())
+        }
+        _ => Ok(()),
+    }
+}
+
 /// The exit status for an error: 2 for bad input, 1 otherwise.
 pub fn exit_code(err: &anyhow::Error) -> i32 {
     for cause in err.chain() {

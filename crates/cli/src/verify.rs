@@ -22,6 +22,7 @@ pub fn verify(path: &Path, opts: &StoreOptions, as_json: bool, quiet: bool, requ
     let hidden = quiet || as_json;
     let (shown, reports, tensors) = match loc {
         Location::Local(p) => {
+            crate::util::require_file_or_dir(&p)?;
             let set = ShardedReader::open(&p)?;
             let pb = if hidden { indicatif::ProgressBar::hidden() } else { progress_bar(set.data_len(), "verify") };
             let reports = set.verify_with_progress(&|n| pb.inc(n))?;

@@ -58,6 +58,19 @@ impl std::fmt::Debug for Reader {
     }
 }
 
+/// Refuses metadata that is not a regular file's (see [`Reader::require_regular_file`]).
+pub(crate) fn check_regular(path: &Path, meta: &std::fs::Metadata) -> Result<()> {
+    if meta.is_file() {
+        return Ok(());
+    }
+    let (kind, what) = if meta.is_dir() {
+        (std::io::ErrorKind::IsADirectory, "is a directory, not a safetensors file")
+    } else {
+        (std::io::ErrorKind::InvalidInput, "not a regular file (a device, FIFO or directory)")
+    };
+    Err(ReadError::io(path, std::io::Error::new(kind, what)))
+}
+
 impl Reader {
     /// Opens and memory-maps a file, validating its header.
     ///
@@ -86,14 +99,12 @@ impl Reader {
     /// reader (or any view borrowed from it) lives.
     pub unsafe fn open_mmap(path: impl AsRef<Path>, opts: &ReadOptions) -> Result<Reader> {
         let path = path.as_ref();
+        // Before opening: opening a FIFO blocks, and a device has no length to trust.
+        Self::require_regular_file(path)?;
         let file = File::open(path).map_err(|e| ReadError::io(path, e))?;
         let meta = file.metadata().map_err(|e| ReadError::io(path, e))?;
-        if meta.is_dir() {
-            return Err(ReadError::io(
-                path,
-                std::io::Error::new(std::io::ErrorKind::IsADirectory, "is a directory, not a safetensors file"),
-            ));
-        }
+        // Again on what was opened, in case the name was replaced in between.
+        check_regular(path, &meta)?;
         let len = meta.len();
         if len < LEN_PREFIX as u64 {
             // Too short to map meaningfully; read it so the format error is the one reported.
@@ -113,8 +124,22 @@ impl Reader {
     /// Reads a whole file into memory (no map), validating its header.
     pub fn open_read(path: impl AsRef<Path>) -> Result<Reader> {
         let path = path.as_ref();
+        Self::require_regular_file(path)?;
         let bytes = std::fs::read(path).map_err(|e| ReadError::io(path, e))?;
         Self::from_backing(path.to_path_buf(), None, Backing::owned(&bytes))
+    }
+
+    /// Checks, without opening it, that `path` (symbolic links followed) is a regular file, and
+    /// returns its metadata. A device such as `/dev/zero` would be read until memory runs out and
+    /// opening a FIFO blocks, so every open path of this crate checks first; other readers of
+    /// checkpoint files (the PyTorch importer, the CLI) use the same check.
+    ///
+    /// Errors name the path: "is a directory, not a safetensors file" for a directory, "not a
+    /// regular file (a device, FIFO or directory)" for anything else that is not a file.
+    pub fn require_regular_file(path: &Path) -> Result<std::fs::Metadata> {
+        let meta = std::fs::metadata(path).map_err(|e| ReadError::io(path, e))?;
+        check_regular(path, &meta)?;
+        Ok(meta)
     }
 
     /// A reader over bytes already in memory (copied into an aligned buffer). `name` is used in
@@ -218,5 +243,41 @@ impl Reader {
             self.backing.advise(Advice::WillNeed, self.header.data_start() + b, e - b);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod special_file_tests {
+    use super::*;
+    use crate::MappedFile;
+
+    fn refused(e: ReadError, path: &str) {
+        let msg = e.to_string();
+        assert!(msg.starts_with(path), "{msg}");
+        assert!(msg.ends_with("not a regular file (a device, FIFO or directory)"), "{msg}");
+    }
+
+    #[test]
+    fn devices_and_fifos_are_refused_before_they_are_read() {
+        refused(Reader::open("/dev/zero").unwrap_err(), "/dev/zero");
+        refused(Reader::open_read("/dev/zero").unwrap_err(), "/dev/zero");
+        refused(MappedFile::open("/dev/zero").unwrap_err(), "/dev/zero");
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("pipe.safetensors");
+        assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+        let name = fifo.to_str().unwrap();
+        // Opening a FIFO for reading would block until a writer appears: these return at once.
+        refused(Reader::open(&fifo).unwrap_err(), name);
+        refused(Reader::open_read(&fifo).unwrap_err(), name);
+        refused(MappedFile::open(&fifo).unwrap_err(), name);
+        refused(Reader::require_regular_file(&fifo).unwrap_err(), name);
+        // A link to a device is followed, and refused too.
+        let link = dir.path().join("link.safetensors");
+        std::os::unix::fs::symlink("/dev/zero", &link).unwrap();
+        refused(Reader::open(&link).unwrap_err(), link.to_str().unwrap());
+        // A directory keeps its own message.
+        let e = Reader::open(dir.path()).unwrap_err().to_string();
+        assert!(e.ends_with("is a directory, not a safetensors file"), "{e}");
+        assert!(Reader::require_regular_file(dir.path()).is_err());
     }
 }

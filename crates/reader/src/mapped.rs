@@ -24,10 +24,16 @@ impl std::fmt::Debug for MappedFile {
 
 impl MappedFile {
     /// Maps `path` read-only.
+    ///
+    /// Anything but a regular file (a directory, a device, a FIFO) is refused before it is
+    /// opened (see [`crate::Reader::require_regular_file`]).
     pub fn open(path: impl AsRef<Path>) -> Result<MappedFile> {
         let path = path.as_ref();
+        crate::Reader::require_regular_file(path)?;
         let file = File::open(path).map_err(|e| ReadError::io(path, e))?;
-        let len = file.metadata().map_err(|e| ReadError::io(path, e))?.len();
+        let meta = file.metadata().map_err(|e| ReadError::io(path, e))?;
+        crate::file::check_regular(path, &meta)?;
+        let len = meta.len();
         let backing = if len == 0 {
             Backing::owned(&[])
         } else {
