@@ -24,7 +24,8 @@ impl StorageResolver for AnyStorage {
 
 fuzz_target!(|data: &[u8]| {
     let mut arena = Arena::default();
-    let limits = Limits { max_values: 200_000, max_memo: 100_000, max_marks: 10_000, max_rank: 64 };
+    let limits =
+        Limits { max_values: 200_000, max_memo: 100_000, max_marks: 10_000, max_rank: 64, max_bytes: 16 << 20 };
     if let Ok((root, used)) = unpickle(data, &mut arena, &mut AnyStorage(0), limits) {
         assert!(used <= data.len());
         let _ = safeckpt_torch::flatten::flatten_with_limit(&arena, &root, None, 200_000);

@@ -107,6 +107,11 @@ enum Command {
         /// when everything fits one shard, OUTPUT/model.safetensors alone, as `save_pretrained`.
         #[arg(long)]
         max_shard_size: Option<String>,
+        /// The most bytes the conversion may produce (tensor data written plus compressed records
+        /// inflated), e.g. `20GB`. The default, 4x the input's size plus 16 MiB, refuses files
+        /// whose views repeat a small storage into a huge tensor; raise it for a trusted file.
+        #[arg(long)]
+        max_output_size: Option<String>,
         #[command(flatten)]
         write: WriteArgs,
     },
@@ -213,7 +218,7 @@ fn run(cli: Cli) -> Result<i32> {
             print!("{}", if json { text.as_str().into() } else { util::printable(&text, true) });
             Ok(EXIT_OK)
         }
-        Command::Convert { input, output, key, dtype, keep_aliases, max_shard_size, write } => {
+        Command::Convert { input, output, key, dtype, keep_aliases, max_shard_size, max_output_size, write } => {
             let input = remote::local_input(&input, &store, write.quiet)?;
             let out = remote::output(&output, &store, write.force)?;
             let args = torch_cmd::ConvertArgs {
@@ -221,6 +226,7 @@ fn run(cli: Cli) -> Result<i32> {
                 dtype: dtype.as_deref(),
                 keep_aliases,
                 max_shard_size: max_shard_size.as_deref(),
+                max_output_size: max_output_size.as_deref(),
                 write: write.options(),
                 quiet: write.quiet,
             };

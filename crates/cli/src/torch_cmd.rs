@@ -33,6 +33,7 @@ pub struct ConvertArgs<'a> {
     pub dtype: Option<&'a str>,
     pub keep_aliases: bool,
     pub max_shard_size: Option<&'a str>,
+    pub max_output_size: Option<&'a str>,
     pub write: WriteOptions,
     pub quiet: bool,
 }
@@ -42,16 +43,22 @@ pub fn convert(input: &Path, output: &Path, args: &ConvertArgs<'_>) -> Result<()
     let start = Instant::now();
     let dtype = args.dtype.map(|d| d.parse::<CastTo>()).transpose().map_err(|e| Exit(EXIT_BAD_INPUT, e))?;
     let max_shard_size = args.max_shard_size.map(safeckpt_writer::parse_size).transpose()?;
+    let max_output_size = args
+        .max_output_size
+        .map(safeckpt_writer::parse_size)
+        .transpose()
+        .map_err(|e| Exit(EXIT_BAD_INPUT, format!("--max-output-size: {e}")))?;
     let opts = ConvertOptions {
         key: args.key.map(str::to_string),
         dtype,
         keep_aliases: args.keep_aliases,
         max_shard_size,
+        max_output_size,
         write: args.write.clone(),
     };
     let archive = TorchArchive::open(input).map_err(exit_for)?;
     let plan = archive.plan_conversion(&opts).map_err(exit_for)?;
-    let total: u64 = plan.tensors.iter().map(|(p, _)| p.byte_len() as u64).sum();
+    let total: u64 = plan.tensors.iter().map(|(p, _)| p.byte_len()).sum();
     let pb = if args.quiet { indicatif::ProgressBar::hidden() } else { progress_bar(total, "convert") };
     let s = archive.convert(output, &opts, &|n| pb.inc(n)).map_err(exit_for)?;
     pb.finish_and_clear();
@@ -89,15 +96,19 @@ pub fn convert(input: &Path, output: &Path, args: &ConvertArgs<'_>) -> Result<()
 /// `safeckpt inspect` of a PyTorch file: what is inside, without converting.
 pub fn inspect(path: &Path, as_json: bool) -> Result<String> {
     let archive = TorchArchive::open(path).map_err(exit_for)?;
-    let mut tensors = archive.tensors(None).map_err(exit_for)?;
-    tensors.sort_by(|a, b| natural_cmp(&a.0, &b.0));
+    // Described from the pickle alone: no tensor is read, gathered or inflated to list it.
+    let mut tensors = archive.describe(None).map_err(exit_for)?;
+    tensors.sort_by(|a, b| natural_cmp(&a.name, &b.name));
     let values = archive.values(None).map_err(exit_for)?;
     let format = match archive.format() {
         ArchiveFormat::Zip { prefix } => format!("torch zip archive (folder `{prefix}`)"),
         ArchiveFormat::Legacy => "legacy torch file".to_string(),
     };
-    let params: u64 = tensors.iter().map(|(_, t)| t.shape.iter().product::<usize>() as u64).sum();
-    let bytes: u64 = tensors.iter().map(|(_, t)| t.data.len() as u64).sum();
+    let params: u64 = tensors
+        .iter()
+        .map(|t| t.shape.iter().fold(1u64, |a, &d| a.saturating_mul(d as u64)))
+        .fold(0, u64::saturating_add);
+    let bytes: u64 = tensors.iter().map(|t| t.bytes).fold(0, u64::saturating_add);
     if as_json {
         let doc = json!({
             "path": path.display().to_string(),
@@ -107,7 +118,7 @@ pub fn inspect(path: &Path, as_json: bool) -> Result<String> {
             "tensor_count": tensors.len(),
             "parameters": params,
             "data_bytes": bytes,
-            "tensors": tensors.iter().map(|(n, t)| json!({"name": n, "dtype": t.dtype.as_str(), "shape": t.shape, "bytes": t.data.len()})).collect::<Vec<_>>(),
+            "tensors": tensors.iter().map(|t| json!({"name": t.name, "dtype": t.dtype.as_str(), "shape": t.shape, "bytes": t.bytes})).collect::<Vec<_>>(),
             "values": values.iter().map(|(k, v)| (k.clone(), serde_json::from_str::<serde_json::Value>(v).unwrap_or(serde_json::Value::String(v.clone())))).collect::<serde_json::Map<_, _>>(),
         });
         return Ok(serde_json::to_string_pretty(&doc)? + "\n");
@@ -131,12 +142,12 @@ pub fn inspect(path: &Path, as_json: bool) -> Result<String> {
         }
     }
     if !tensors.is_empty() {
-        let w = tensors.iter().map(|(n, _)| n.chars().count()).max().unwrap_or(4).max(4);
+        let w = tensors.iter().map(|t| t.name.chars().count()).max().unwrap_or(4).max(4);
         writeln!(out, "\n{:<w$}  {:<11}  {:<18}  {:>10}", "NAME", "DTYPE", "SHAPE", "SIZE")?;
-        for (n, t) in &tensors {
+        for t in &tensors {
             let shape = format!("[{}]", t.shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", "));
-            let n = printable(n, false);
-            writeln!(out, "{n:<w$}  {:<11}  {shape:<18}  {:>10}", t.dtype.as_str(), human_bytes(t.data.len() as u64))?;
+            let n = printable(&t.name, false);
+            writeln!(out, "{n:<w$}  {:<11}  {shape:<18}  {:>10}", t.dtype.as_str(), human_bytes(t.bytes))?;
         }
     }
     Ok(out)

@@ -76,6 +76,8 @@ pub struct PlannedTensor {
 pub struct Layout {
     tensors: Vec<PlannedTensor>,
     by_input: Vec<usize>,
+    /// Positions in `tensors`, sorted by name (for lookups by name in O(log n)).
+    by_name: Vec<usize>,
     header: Vec<u8>,
     checksum_slots: Option<Vec<usize>>,
     data_len: usize,
@@ -148,7 +150,9 @@ impl Layout {
         header.extend_from_slice(json.as_bytes());
         header.resize(padded_total, b' ');
         let checksum_slots = slots.map(|v| v.into_iter().map(|p| p + LEN_PREFIX).collect());
-        Ok(Layout { tensors, by_input, header, checksum_slots, data_len: offset })
+        let mut by_name: Vec<usize> = (0..tensors.len()).collect();
+        by_name.sort_unstable_by(|&a, &b| tensors[a].info.name.cmp(&tensors[b].info.name));
+        Ok(Layout { tensors, by_input, by_name, header, checksum_slots, data_len: offset })
     }
 
     /// Tensors in file order.
@@ -163,7 +167,8 @@ impl Layout {
 
     /// Position in [`Layout::tensors`] of the tensor called `name`.
     pub fn position(&self, name: &str) -> Option<usize> {
-        self.tensors.iter().position(|t| t.info.name == name)
+        let tensors = &self.tensors;
+        self.by_name.binary_search_by(|&p| tensors[p].info.name.as_str().cmp(name)).ok().map(|i| self.by_name[i])
     }
 
     /// The encoded header: length prefix, JSON and padding. When checksums are on, the per-tensor

@@ -1,8 +1,9 @@
 //! Opening PyTorch files: the zip container of `torch.save` (torch ≥ 1.6) and the legacy format.
 
-use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use safeckpt_reader::MappedFile;
 
@@ -10,7 +11,7 @@ use crate::error::{Result, TorchError};
 use crate::globals::{Global, TorchDtype};
 use crate::pickle::{Limits, StorageResolver, unpickle};
 use crate::value::{Arena, Obj, Value};
-use crate::zip::{ZipArchive, looks_like_zip};
+use crate::zip::{ZipArchive, ZipError, looks_like_zip};
 
 /// The magic number opening a legacy (pre-zip) torch file, as its first pickle.
 pub const TORCH_LEGACY_MAGIC: u128 = 0x1950a86a20f9469cfc6c;
@@ -18,6 +19,38 @@ pub const TORCH_LEGACY_MAGIC: u128 = 0x1950a86a20f9469cfc6c;
 pub const TORCH_LEGACY_PROTOCOL: i64 = 1001;
 /// Largest `data.pkl` (or legacy pickle section) accepted once inflated.
 pub const MAX_PICKLE_LEN: u64 = 1 << 30;
+/// By default a conversion may produce (tensor bytes written or materialised, plus storages
+/// inflated) this many times the input file's size…
+pub const OUTPUT_FACTOR: u64 = 4;
+/// …plus this many bytes. Real checkpoints never come near it: their tensors are views that
+/// together cover their storages about once; only hostile files (a 4-byte storage viewed as 2^34
+/// elements through a zero stride, a deflate bomb) or unusual ones ask for more, and those need
+/// an explicit, larger limit (`ConvertOptions::max_output_size`, `--max-output-size`).
+pub const OUTPUT_SLACK: u64 = 16 << 20;
+
+/// The default limit on the bytes a conversion of a `file_len`-byte file may produce.
+pub fn default_output_limit(file_len: u64) -> u64 {
+    file_len.saturating_mul(OUTPUT_FACTOR).saturating_add(OUTPUT_SLACK)
+}
+
+/// A storage's bytes: a slice of the mapped file, or a deflated record inflated once and shared.
+#[derive(Debug, Clone)]
+pub enum StorageData<'a> {
+    /// Stored uncompressed: straight from the map.
+    Mapped(&'a [u8]),
+    /// Inflated (once per archive; later views share it).
+    Inflated(Arc<[u8]>),
+}
+
+impl std::ops::Deref for StorageData<'_> {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            StorageData::Mapped(b) => b,
+            StorageData::Inflated(b) => b,
+        }
+    }
+}
 
 /// Which container the file uses.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,6 +99,9 @@ pub struct TorchArchive {
     storages: Vec<StorageInfo>,
     big_endian: bool,
     entries: Vec<crate::zip::Entry>,
+    /// Deflated storages, inflated at most once each.
+    inflated: Vec<OnceLock<std::result::Result<Arc<[u8]>, ZipError>>>,
+    inflated_bytes: AtomicU64,
 }
 
 impl std::fmt::Debug for TorchArchive {
@@ -143,7 +179,7 @@ impl StorageResolver for ZipResolver<'_> {
             return Err(format!("storage key `{key}` is not a plain name"));
         }
         let record = format!("{}/data/{key}", self.prefix);
-        let Some(idx) = self.zip.entries().iter().position(|e| e.name == record) else {
+        let Some(idx) = self.zip.index_of(&record) else {
             return Err(format!("storage `{key}`: record `{record}` is missing from {}", self.path.display()));
         };
         let size = self.zip.entries()[idx].size;
@@ -226,7 +262,7 @@ impl TorchArchive {
         let path = file.path().to_path_buf();
         if looks_like_zip(bytes) {
             let (format, arena, root, storages, big_endian, entries) = Self::parse_zip(&path, bytes)?;
-            return Ok(TorchArchive { file, format, arena, root, storages, big_endian, entries });
+            return Ok(Self::assemble(file, format, arena, root, storages, big_endian, entries));
         }
         if bytes.len() > 262 && &bytes[257..262] == b"ustar" {
             return Err(TorchError::NotTorch {
@@ -243,15 +279,7 @@ impl TorchArchive {
         }
         if bytes.first() == Some(&0x80) {
             let (arena, root, storages, big_endian) = Self::parse_legacy(&path, bytes)?;
-            return Ok(TorchArchive {
-                file,
-                format: ArchiveFormat::Legacy,
-                arena,
-                root,
-                storages,
-                big_endian,
-                entries: Vec::new(),
-            });
+            return Ok(Self::assemble(file, ArchiveFormat::Legacy, arena, root, storages, big_endian, Vec::new()));
         }
         let reason = if bytes.starts_with(b"\x93NUMPY") {
             "a numpy .npy file, not a PyTorch file".to_string()
@@ -263,6 +291,29 @@ impl TorchArchive {
             "neither a torch zip archive nor a legacy torch pickle".to_string()
         };
         Err(TorchError::NotTorch { path, reason })
+    }
+
+    fn assemble(
+        file: MappedFile,
+        format: ArchiveFormat,
+        arena: Arena,
+        root: Value,
+        storages: Vec<StorageInfo>,
+        big_endian: bool,
+        entries: Vec<crate::zip::Entry>,
+    ) -> TorchArchive {
+        let inflated = storages.iter().map(|_| OnceLock::new()).collect();
+        TorchArchive {
+            file,
+            format,
+            arena,
+            root,
+            storages,
+            big_endian,
+            entries,
+            inflated,
+            inflated_bytes: AtomicU64::new(0),
+        }
     }
 
     #[allow(clippy::type_complexity)]
@@ -322,7 +373,7 @@ impl TorchArchive {
         let mut arena = Arena::default();
         let mut resolver =
             ZipResolver { path, prefix: &prefix, zip: &zip, storages: Vec::new(), by_key: HashMap::new() };
-        let (root, _) = unpickle(&pkl, &mut arena, &mut resolver, Limits::default())
+        let (root, _) = unpickle(&pkl, &mut arena, &mut resolver, Limits::for_pickle(pkl.len()))
             .map_err(|source| TorchError::Pickle { path: path.to_path_buf(), record: pkl_name.clone(), source })?;
         let storages = resolver.storages;
         Ok((ArchiveFormat::Zip { prefix }, arena, root, storages, big_endian, zip.entries().to_vec()))
@@ -335,7 +386,7 @@ impl TorchArchive {
         };
         let mut arena = Arena::default();
         let mut at = 0usize;
-        let (magic, n) = unpickle(bytes, &mut arena, &mut NoStorages, Limits::default())
+        let (magic, n) = unpickle(bytes, &mut arena, &mut NoStorages, Limits::for_pickle(bytes.len()))
             .map_err(pickle_err("legacy magic number"))?;
         at += n;
         let is_magic = match &magic {
@@ -355,7 +406,7 @@ impl TorchArchive {
                     .into(),
             });
         }
-        let (proto, n) = unpickle(&bytes[at..], &mut arena, &mut NoStorages, Limits::default())
+        let (proto, n) = unpickle(&bytes[at..], &mut arena, &mut NoStorages, Limits::for_pickle(bytes.len()))
             .map_err(pickle_err("legacy protocol version"))?;
         at += n;
         if proto != Value::Int(TORCH_LEGACY_PROTOCOL) {
@@ -365,7 +416,7 @@ impl TorchArchive {
                 reason: format!("expected {TORCH_LEGACY_PROTOCOL}, found {proto:?}"),
             });
         }
-        let (sys_info, n) = unpickle(&bytes[at..], &mut arena, &mut NoStorages, Limits::default())
+        let (sys_info, n) = unpickle(&bytes[at..], &mut arena, &mut NoStorages, Limits::for_pickle(bytes.len()))
             .map_err(pickle_err("legacy sys_info"))?;
         at += n;
         let mut big_endian = false;
@@ -377,10 +428,10 @@ impl TorchArchive {
             }
         }
         let mut resolver = LegacyResolver { storages: Vec::new(), by_key: HashMap::new() };
-        let (root, n) = unpickle(&bytes[at..], &mut arena, &mut resolver, Limits::default())
+        let (root, n) = unpickle(&bytes[at..], &mut arena, &mut resolver, Limits::for_pickle(bytes.len()))
             .map_err(pickle_err("legacy main pickle"))?;
         at += n;
-        let (keys, n) = unpickle(&bytes[at..], &mut arena, &mut NoStorages, Limits::default())
+        let (keys, n) = unpickle(&bytes[at..], &mut arena, &mut NoStorages, Limits::for_pickle(bytes.len()))
             .map_err(pickle_err("legacy storage keys"))?;
         at += n;
         let keys: Vec<String> = match arena.get(&keys) {
@@ -483,23 +534,63 @@ impl TorchArchive {
     }
 
     /// A storage's raw bytes (in the file's byte order): borrowed from the map when stored
-    /// uncompressed, inflated otherwise.
-    pub fn storage_bytes(&self, storage: u32) -> Result<Cow<'_, [u8]>> {
+    /// uncompressed; inflated otherwise, once per archive (every later view shares that copy).
+    pub fn storage_bytes(&self, storage: u32) -> Result<StorageData<'_>> {
         let s = self.storages.get(storage as usize).ok_or_else(|| TorchError::Record {
             path: self.path().to_path_buf(),
             record: format!("storage #{storage}"),
             reason: "no such storage".into(),
         })?;
         match &s.location {
-            Location::Range(a, b) => Ok(Cow::Borrowed(&self.file.bytes()[*a..*b])),
-            Location::Entry(i) => crate::zip::read_entry(self.file.bytes(), &self.entries[*i], s.bytes)
-                .map_err(|source| TorchError::Zip { path: self.path().to_path_buf(), source }),
+            Location::Range(a, b) => Ok(StorageData::Mapped(&self.file.bytes()[*a..*b])),
+            Location::Entry(i) => {
+                let e = &self.entries[*i];
+                if e.method == 0 {
+                    return crate::zip::read_entry(self.file.bytes(), e, s.bytes)
+                        .map(|c| match c {
+                            std::borrow::Cow::Borrowed(b) => StorageData::Mapped(b),
+                            std::borrow::Cow::Owned(v) => StorageData::Inflated(v.into()),
+                        })
+                        .map_err(|source| TorchError::Zip { path: self.path().to_path_buf(), source });
+                }
+                let cached = self.inflated[storage as usize].get_or_init(|| {
+                    let out =
+                        crate::zip::read_entry(self.file.bytes(), e, s.bytes).map(|c| Arc::<[u8]>::from(c.as_ref()));
+                    if let Ok(b) = &out {
+                        self.inflated_bytes.fetch_add(b.len() as u64, Ordering::Relaxed);
+                    }
+                    out
+                });
+                match cached {
+                    Ok(b) => Ok(StorageData::Inflated(b.clone())),
+                    Err(source) => Err(TorchError::Zip { path: self.path().to_path_buf(), source: source.clone() }),
+                }
+            }
             Location::Pending => Err(TorchError::Record {
                 path: self.path().to_path_buf(),
                 record: format!("storage `{}`", s.key),
                 reason: "not located".into(),
             }),
         }
+    }
+
+    /// Whether a storage is held deflated in the archive (reading it inflates it).
+    pub fn storage_is_deflated(&self, storage: u32) -> bool {
+        match self.storages.get(storage as usize).map(|s| &s.location) {
+            Some(Location::Entry(i)) => self.entries.get(*i).is_some_and(|e| e.method != 0),
+            _ => false,
+        }
+    }
+
+    /// Bytes inflated so far (each deflated storage counts once, however many views read it).
+    pub fn inflated_bytes(&self) -> u64 {
+        self.inflated_bytes.load(Ordering::Relaxed)
+    }
+
+    /// The default limit on what reading this file may produce: [`default_output_limit`] of its
+    /// size.
+    pub fn default_output_limit(&self) -> u64 {
+        default_output_limit(self.file.bytes().len() as u64)
     }
 
     /// Where a stored (uncompressed) storage's bytes lie in the file, for zero-copy paths.

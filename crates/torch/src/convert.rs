@@ -64,6 +64,10 @@ pub struct ConvertOptions {
     pub keep_aliases: bool,
     /// Split the output into shards of at most this many bytes, with an index.
     pub max_shard_size: Option<u64>,
+    /// The most bytes the conversion may produce: tensor data written plus deflated storages
+    /// inflated. `None` is [`crate::default_output_limit`] of the input's size (4x it plus
+    /// 16 MiB), which no real checkpoint reaches; raise it for files that need more.
+    pub max_output_size: Option<u64>,
     /// Writer options (checksums, fsync, overwrite).
     pub write: WriteOptions,
 }
@@ -91,6 +95,8 @@ pub struct ConvertSummary {
     pub gathered: usize,
     /// Whether the file's storages were big-endian.
     pub big_endian: bool,
+    /// Bytes of deflated storages inflated (each once).
+    pub inflated_bytes: u64,
 }
 
 /// A planned conversion: which tensors are written, as what, and the metadata.
@@ -104,6 +110,10 @@ pub struct Conversion {
     pub metadata: Metadata,
     /// Number of the file's non-tensor values.
     pub values: usize,
+    /// Bytes of tensor data the conversion writes.
+    pub data_bytes: u64,
+    /// Bytes of deflated storages it must inflate to do so.
+    pub inflate_bytes: u64,
 }
 
 impl TorchArchive {
@@ -154,7 +164,7 @@ impl TorchArchive {
                 }
             }
         }
-        let tensors = plans
+        let tensors: Vec<(TensorPlan, Dtype)> = plans
             .into_iter()
             .zip(keep)
             .filter(|(_, k)| *k)
@@ -166,7 +176,40 @@ impl TorchArchive {
                 (p, out)
             })
             .collect();
-        Ok(Conversion { tensors, aliases, metadata, values })
+        let data_bytes = tensors.iter().fold(0u64, |a, (p, out)| a.saturating_add(p.out_len(*out)));
+        let inflate_bytes = self.inflation_for(tensors.iter().map(|(p, _)| p));
+        self.check_output(data_bytes, inflate_bytes, opts.max_output_size, "--max-output-size")?;
+        Ok(Conversion { tensors, aliases, metadata, values, data_bytes, inflate_bytes })
+    }
+
+    /// Bytes of the deflated storages that `plans` read (each storage once).
+    pub(crate) fn inflation_for<'p>(&self, plans: impl Iterator<Item = &'p TensorPlan>) -> u64 {
+        let mut seen = std::collections::HashSet::new();
+        plans
+            .filter(|p| p.numel() > 0 && self.storage_is_deflated(p.def.storage) && seen.insert(p.def.storage))
+            .map(|p| self.storages()[p.def.storage as usize].bytes)
+            .fold(0u64, u64::saturating_add)
+    }
+
+    /// Refuses work that would produce more than the limit (the default one when `None`).
+    pub(crate) fn check_output(&self, data: u64, inflate: u64, limit: Option<u64>, option: &str) -> Result<()> {
+        let limit = limit.unwrap_or_else(|| self.default_output_limit());
+        let total = data.saturating_add(inflate);
+        if total > limit {
+            let inflating = if inflate > 0 {
+                format!(" (including {inflate} bytes of deflated storages to inflate)")
+            } else {
+                String::new()
+            };
+            return Err(TorchError::TooLarge {
+                path: self.path().to_path_buf(),
+                reason: format!(
+                    "reading its tensors would produce {total} bytes{inflating} from a {}-byte file, over the limit of {limit} bytes; views that repeat their storage (zero strides) or highly compressed records do this. Raise the limit with {option} if the file is trusted",
+                    self.mapped().bytes().len()
+                ),
+            });
+        }
+        Ok(())
     }
 
     /// Writes one planned tensor through a stream writer, in bounded pieces.
@@ -204,16 +247,13 @@ impl TorchArchive {
     ) -> Result<ConvertSummary> {
         let conv = self.plan_conversion(opts)?;
         let spec = |(p, out): &(TensorPlan, Dtype)| TensorSpec::new(p.name.clone(), *out, p.shape.clone());
-        let byte_len = |(p, out): &(TensorPlan, Dtype)| -> u64 {
-            let n: usize = p.shape.iter().product();
-            (n * out.bits() / 8) as u64
-        };
+        let byte_len = |(p, out): &(TensorPlan, Dtype)| -> u64 { p.out_len(*out) };
         let mut summary = ConvertSummary {
             format: self.format().clone(),
             outputs: Vec::new(),
             index: None,
             tensors: conv.tensors.len(),
-            data_bytes: conv.tensors.iter().map(byte_len).sum(),
+            data_bytes: conv.data_bytes,
             aliases: conv.aliases.clone(),
             values: conv.values,
             cast: conv.tensors.iter().filter(|(p, out)| *out != p.dtype).count(),
@@ -223,6 +263,7 @@ impl TorchArchive {
                 .filter(|(p, _)| !crate::tensor::is_contiguous(&p.def.shape, &p.def.stride))
                 .count(),
             big_endian: self.is_big_endian(),
+            inflated_bytes: 0,
         };
         // Sequential order through the archive, biggest work spread over the pool.
         let sizes: Vec<u64> = conv.tensors.iter().map(byte_len).collect();
@@ -251,6 +292,7 @@ impl TorchArchive {
             conv.tensors.par_iter().try_for_each(|(p, out)| self.write_tensor(&w, p, *out, progress))?;
             let s = w.finish()?;
             summary.outputs.push(s.path);
+            summary.inflated_bytes = self.inflated_bytes();
             return Ok(summary);
         }
         // Sharded: `output` is a directory.
@@ -284,6 +326,7 @@ impl TorchArchive {
         let written = commit_set(output, pending, &index_path, &index, opts.write.has_fsync())?;
         summary.outputs = written.into_iter().map(|s| s.path).collect();
         summary.index = Some(index_path);
+        summary.inflated_bytes = self.inflated_bytes();
         Ok(summary)
     }
 }

@@ -62,6 +62,14 @@ pub enum TorchError {
         /// What is wrong, naming the key.
         reason: String,
     },
+    /// Reading the file would produce more bytes than the limit allows.
+    #[error("{}: {reason}", path.display())]
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+        /// How much, against which limit, and how to raise it.
+        reason: String,
+    },
     /// A tensor cannot be converted.
     #[error("{}: tensor `{tensor}`: {reason}", path.display())]
     Tensor {

@@ -2,12 +2,16 @@
 //!
 //! Dict keys are joined with `.`; list and tuple items by index when they contain a tensor; every
 //! other leaf (numbers, strings, booleans, `None`, and lists or tuples holding no tensor, such as
-//! `param_groups`) becomes a JSON value under its flattened key. The walk is bounded in depth and
-//! in the number of nodes it visits, so a tiny pickle that references one container from many
-//! places (a "memo bomb") cannot make it run or allocate without end.
+//! `param_groups`) becomes a JSON value under its flattened key. The walk is bounded in depth, in
+//! the nodes and dict entries it visits, and in the bytes of the names and JSON it builds, so a
+//! tiny pickle that references one container from many places (a "memo bomb") cannot make it run
+//! or allocate without end. Dict keys are merged by Python's equality (`1`, `1.0` and `True` are
+//! one key; `1` and `"1"` are two, and two names that print alike are an error, never a silent
+//! loss).
 
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
+use std::sync::Arc;
 
 use crate::globals::Global;
 use crate::value::{Arena, Obj, TensorDef, Value, bigint_to_decimal};
@@ -21,6 +25,9 @@ pub const MAX_VISITS: usize = 5_000_000;
 pub const MAX_METADATA_BYTES: usize = 64 << 20;
 /// Longest integer printed, in decimal digits: the limit Python itself puts on `str(int)`.
 pub const MAX_INT_DIGITS: usize = 4300;
+/// Most bytes of flattened names built in one walk (prefixes included): a safetensors header,
+/// which holds them, is read by the reference implementation only up to 100 MB.
+pub const MAX_NAME_BYTES: usize = 64 << 20;
 
 /// The flat view of a file.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -44,9 +51,17 @@ struct Walker<'a> {
     /// Decimal text of big integers already printed, by address: a shared integer reached many
     /// times is converted once.
     int_text: HashMap<usize, std::rc::Rc<str>>,
+    /// Each dict's entries, with repeated keys resolved, computed once per dict: a dict shared
+    /// through the memo and reached many times costs its entries once.
+    dict_entries: HashMap<u32, Entries>,
+    /// Bytes of names built so far.
+    name_bytes: usize,
 }
 
 type R<T> = std::result::Result<T, String>;
+
+/// A dict's entries after repeated keys are resolved: key text and value.
+type Entries = std::rc::Rc<[(Arc<str>, Value)]>;
 
 /// Flattens `root` (or the sub-tree at `key`, whose prefix is then dropped).
 pub fn flatten(arena: &Arena, root: &Value, key: Option<&str>) -> R<Flattened> {
@@ -65,6 +80,8 @@ pub fn flatten_with_limit(arena: &Arena, root: &Value, key: Option<&str>, max_vi
         names: HashSet::new(),
         meta_bytes: 0,
         int_text: HashMap::new(),
+        dict_entries: HashMap::new(),
+        name_bytes: 0,
     };
     let start = match key {
         None => root.clone(),
@@ -83,14 +100,64 @@ pub fn flatten_with_limit(arena: &Arena, root: &Value, key: Option<&str>, max_vi
 }
 
 /// A dict key as Python's `str()` would print it (big integers are handled by the walker).
-fn key_text(k: &Value) -> Option<String> {
+fn key_text(k: &Value) -> Option<Arc<str>> {
     Some(match k {
-        Value::Str(s) => s.to_string(),
-        Value::Int(i) => i.to_string(),
+        Value::Str(s) => s.clone(),
+        Value::Int(i) => i.to_string().into(),
         Value::Bool(true) => "True".into(),
         Value::Bool(false) => "False".into(),
         Value::None => "None".into(),
-        Value::Float(f) => format_float(*f),
+        Value::Float(f) => format_float(*f).into(),
+        _ => return None,
+    })
+}
+
+/// A dict key's identity under Python's `==` (and `hash`): `True == 1 == 1.0`, `-0.0 == 0`,
+/// integers equal whatever their encoding; strings equal only strings; NaN equals nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum KeyId {
+    None,
+    /// An integer (bools and integral floats included), as minimal little-endian two's
+    /// complement bytes.
+    Int(Vec<u8>),
+    /// A float that is not an integer, by its bits.
+    Float(u64),
+    /// NaN: never equal to another key.
+    Nan(usize),
+    Str(Arc<str>),
+}
+
+/// Minimal little-endian two's-complement bytes of an integer given in any width.
+fn canonical_int(le: &[u8]) -> Vec<u8> {
+    let mut v = le.to_vec();
+    if v.is_empty() {
+        v.push(0);
+    }
+    while v.len() > 1 {
+        let (top, next) = (v[v.len() - 1], v[v.len() - 2]);
+        if (top == 0 && next & 0x80 == 0) || (top == 0xff && next & 0x80 != 0) {
+            v.pop();
+        } else {
+            break;
+        }
+    }
+    v
+}
+
+fn key_id(k: &Value, position: usize) -> Option<KeyId> {
+    Some(match k {
+        Value::None => KeyId::None,
+        Value::Bool(b) => KeyId::Int(canonical_int(&[u8::from(*b)])),
+        Value::Int(i) => KeyId::Int(canonical_int(&i.to_le_bytes())),
+        Value::BigInt(b) => KeyId::Int(canonical_int(b)),
+        Value::Float(f) if f.is_nan() => KeyId::Nan(position),
+        // Integral floats equal the integer of the same value (2^127 and beyond keep their bits:
+        // no pickle torch writes has such keys).
+        Value::Float(f) if f.fract() == 0.0 && f.abs() < 2f64.powi(127) => {
+            KeyId::Int(canonical_int(&(*f as i128).to_le_bytes()))
+        }
+        Value::Float(f) => KeyId::Float(f.to_bits()),
+        Value::Str(s) => KeyId::Str(s.clone()),
         _ => return None,
     })
 }
@@ -105,18 +172,18 @@ fn format_float(f: f64) -> String {
     }
 }
 
-fn join(prefix: &str, key: &str) -> String {
-    if prefix.is_empty() { key.to_string() } else { format!("{prefix}.{key}") }
-}
-
 impl Walker<'_> {
+    fn too_many_visits(&self) -> String {
+        format!(
+            "the object graph is larger than {} nodes when walked (shared sub-objects repeated many times: a \"memo bomb\"?)",
+            self.max_visits
+        )
+    }
+
     fn visit(&mut self, depth: usize) -> R<()> {
         self.visits += 1;
         if self.visits > self.max_visits {
-            return Err(format!(
-                "the object graph is larger than {} nodes when walked (shared sub-objects repeated many times: a \"memo bomb\"?)",
-                self.max_visits
-            ));
+            return Err(self.too_many_visits());
         }
         if depth > MAX_DEPTH {
             return Err(format!("the object tree nests deeper than {MAX_DEPTH} levels"));
@@ -161,29 +228,59 @@ impl Walker<'_> {
         }
     }
 
-    /// Dict entries with repeated keys resolved as Python does (last value, first position).
-    fn entries(&mut self, v: &Value, prefix: &str) -> R<Vec<(String, Value)>> {
+    /// `prefix.key`, charged to the name budget before it is built.
+    fn join(&mut self, prefix: &str, key: &str) -> R<String> {
+        let len = if prefix.is_empty() { key.len() } else { prefix.len() + 1 + key.len() };
+        self.name_bytes = self.name_bytes.saturating_add(len);
+        if self.name_bytes > MAX_NAME_BYTES {
+            return Err(format!(
+                "the names built from the object tree come to more than {MAX_NAME_BYTES} bytes (long keys nested deeply or shared many times?)"
+            ));
+        }
+        let mut name = String::with_capacity(len);
+        if !prefix.is_empty() {
+            name.push_str(prefix);
+            name.push('.');
+        }
+        name.push_str(key);
+        Ok(name)
+    }
+
+    /// Dict entries with repeated keys resolved as Python does (first key, last value, first
+    /// position), computed once per dict; each entry visited is charged to the visit budget.
+    fn entries(&mut self, v: &Value, prefix: &str) -> R<Entries> {
         let arena = self.arena;
-        let Some(Obj::Dict(_, entries)) = arena.get(v) else { return Ok(Vec::new()) };
-        let mut out: Vec<(String, Value)> = Vec::with_capacity(entries.len());
-        let mut pos: HashMap<String, usize> = HashMap::with_capacity(entries.len());
-        for (k, val) in entries {
-            let text = match k {
-                Value::BigInt(b) => Some(self.big_int(b)?.to_string()),
-                _ => key_text(k),
-            };
-            let Some(name) = text else {
+        let Value::Ref(id) = v else { return Ok(std::rc::Rc::from(Vec::new())) };
+        if let Some(e) = self.dict_entries.get(id) {
+            return Ok(e.clone());
+        }
+        let Some(Obj::Dict(_, entries)) = arena.get(v) else { return Ok(std::rc::Rc::from(Vec::new())) };
+        self.visits = self.visits.saturating_add(entries.len());
+        if self.visits > self.max_visits {
+            return Err(self.too_many_visits());
+        }
+        let mut out: Vec<(Arc<str>, Value)> = Vec::new();
+        let mut pos: HashMap<KeyId, usize> = HashMap::new();
+        for (n, (k, val)) in entries.iter().enumerate() {
+            let not_a_key = || {
                 let at = if prefix.is_empty() { "the top level".to_string() } else { format!("`{prefix}`") };
-                return Err(format!("a dict key at {at} is not a string or number; it cannot become a tensor name"));
+                format!("a dict key at {at} is not a string or number; it cannot become a tensor name")
             };
-            match pos.get(&name) {
+            let id_of = key_id(k, n).ok_or_else(not_a_key)?;
+            match pos.get(&id_of) {
                 Some(&i) => out[i].1 = val.clone(),
                 None => {
-                    pos.insert(name.clone(), out.len());
-                    out.push((name, val.clone()));
+                    let text = match k {
+                        Value::BigInt(b) => Arc::from(&*self.big_int(b)?),
+                        _ => key_text(k).ok_or_else(not_a_key)?,
+                    };
+                    pos.insert(id_of, out.len());
+                    out.push((text, val.clone()));
                 }
             }
         }
+        let out: Entries = out.into();
+        self.dict_entries.insert(*id, out.clone());
         Ok(out)
     }
 
@@ -193,15 +290,17 @@ impl Walker<'_> {
         'outer: while !rest.is_empty() {
             let entries = self.entries(&cur, "")?;
             // Longest matching key first, so keys that themselves contain dots work.
-            let mut candidates: Vec<&(String, Value)> =
-                entries.iter().filter(|(k, _)| rest == k || rest.starts_with(&format!("{k}."))).collect();
+            let mut candidates: Vec<&(Arc<str>, Value)> = entries
+                .iter()
+                .filter(|(k, _)| rest == &**k || rest.strip_prefix(&**k).is_some_and(|r| r.starts_with('.')))
+                .collect();
             candidates.sort_by_key(|(k, _)| std::cmp::Reverse(k.len()));
             if let Some((k, v)) = candidates.first() {
                 rest = rest[k.len()..].trim_start_matches('.');
                 cur = v.clone();
                 continue 'outer;
             }
-            let mut keys: Vec<&str> = entries.iter().map(|(k, _)| k.as_str()).collect();
+            let mut keys: Vec<&str> = entries.iter().map(|(k, _)| &**k).collect();
             keys.truncate(20);
             return Err(format!("no key `{key}` in the file; top-level keys here: {}", keys.join(", ")));
         }
@@ -231,9 +330,9 @@ impl Walker<'_> {
     fn dict(&mut self, v: &Value, prefix: &str, depth: usize) -> R<()> {
         self.visit(depth)?;
         let id = self.enter(v)?;
-        for (k, val) in self.entries(v, prefix)? {
-            let name = join(prefix, &k);
-            self.value(&val, name, depth + 1)?;
+        for (k, val) in self.entries(v, prefix)?.iter() {
+            let name = self.join(prefix, k)?;
+            self.value(val, name, depth + 1)?;
         }
         self.leave(id);
         Ok(())
@@ -248,7 +347,7 @@ impl Walker<'_> {
             _ => &[],
         };
         for (i, item) in items.iter().enumerate() {
-            let name = join(prefix, &i.to_string());
+            let name = self.join(prefix, &i.to_string())?;
             self.value(item, name, depth + 1)?;
         }
         self.leave(id);

@@ -40,7 +40,10 @@ mod tensor;
 pub mod value;
 pub mod zip;
 
-pub use archive::{ArchiveFormat, MAX_PICKLE_LEN, StorageInfo, TORCH_LEGACY_MAGIC, TorchArchive};
+pub use archive::{
+    ArchiveFormat, MAX_PICKLE_LEN, OUTPUT_FACTOR, OUTPUT_SLACK, StorageData, StorageInfo, TORCH_LEGACY_MAGIC,
+    TorchArchive, default_output_limit,
+};
 pub use convert::{CONVERT_CHUNK, CastTo, Conversion, ConvertOptions, ConvertSummary, cast, convert};
 pub use error::{Result, TorchError};
 pub use tensor::{Chunk, TensorPlan, is_contiguous};
@@ -58,18 +61,67 @@ pub struct TorchTensor<'a> {
     pub data: Cow<'a, [u8]>,
 }
 
+/// A tensor of a PyTorch file described without reading its data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TorchTensorInfo {
+    /// Flattened name.
+    pub name: String,
+    /// safetensors dtype.
+    pub dtype: safeckpt_format::Dtype,
+    /// Shape (safetensors form).
+    pub shape: Vec<usize>,
+    /// Bytes of its contiguous data.
+    pub bytes: u64,
+    /// Whether the view is laid out row-major in its storage (else it is gathered when read).
+    pub contiguous: bool,
+}
+
 impl TorchArchive {
-    /// Every tensor (of the sub-tree at `key`, if given) under its flattened name, with its bytes:
-    /// zero-copy for contiguous little-endian views.
-    pub fn tensors(&self, key: Option<&str>) -> Result<Vec<(String, TorchTensor<'_>)>> {
+    /// Every tensor (of the sub-tree at `key`, if given) described from the pickle alone: no
+    /// tensor byte is read, gathered or inflated, whatever shapes the file claims.
+    pub fn describe(&self, key: Option<&str>) -> Result<Vec<TorchTensorInfo>> {
         let flat = flatten::flatten(self.arena(), self.root(), key)
             .map_err(|reason| TorchError::Structure { path: self.path().to_path_buf(), reason })?;
         flat.tensors
             .iter()
             .map(|(name, def)| {
                 let plan = TensorPlan::new(self, name, def)?;
-                let data = self.tensor_bytes(name, def)?;
-                Ok((name.clone(), TorchTensor { dtype: plan.dtype, shape: plan.shape, data }))
+                Ok(TorchTensorInfo {
+                    name: name.clone(),
+                    dtype: plan.dtype,
+                    bytes: plan.byte_len(),
+                    contiguous: is_contiguous(&def.shape, &def.stride),
+                    shape: plan.shape,
+                })
+            })
+            .collect()
+    }
+
+    /// Every tensor (of the sub-tree at `key`, if given) under its flattened name, with its bytes:
+    /// zero-copy for contiguous little-endian views. What this produces (copies of strided views,
+    /// inflated storages) is bounded by [`TorchArchive::default_output_limit`]; use
+    /// [`TorchArchive::tensors_within`] to set another limit.
+    pub fn tensors(&self, key: Option<&str>) -> Result<Vec<(String, TorchTensor<'_>)>> {
+        self.tensors_within(key, None)
+    }
+
+    /// [`TorchArchive::tensors`] with an explicit limit on the bytes produced (`None`: the
+    /// default).
+    pub fn tensors_within(&self, key: Option<&str>, limit: Option<u64>) -> Result<Vec<(String, TorchTensor<'_>)>> {
+        let flat = flatten::flatten(self.arena(), self.root(), key)
+            .map_err(|reason| TorchError::Structure { path: self.path().to_path_buf(), reason })?;
+        let plans: Vec<TensorPlan> =
+            flat.tensors.iter().map(|(name, def)| TensorPlan::new(self, name, def)).collect::<Result<_>>()?;
+        let copied = plans
+            .iter()
+            .filter(|p| !p.is_zero_copy(self) || self.storage_is_deflated(p.def.storage))
+            .fold(0u64, |a, p| a.saturating_add(p.byte_len()));
+        self.check_output(copied, self.inflation_for(plans.iter()), limit, "a larger limit")?;
+        plans
+            .into_iter()
+            .map(|plan| {
+                let data = self.tensor_bytes(&plan.name, &plan.def)?;
+                Ok((plan.name, TorchTensor { dtype: plan.dtype, shape: plan.shape, data }))
             })
             .collect()
     }

@@ -8,8 +8,11 @@
 //! persistent ids and out-of-band buffers are refused.
 //!
 //! Resources are bounded: every length is checked against the bytes present before anything is
-//! allocated; the number of values built, the memo and the stack are capped; containers are
-//! shared through the memo by reference, so a "memo bomb" stays linear in memory.
+//! allocated; the number of values built (every container slot, including the ones an
+//! allow-listed call copies), the bytes of text and binary data built (including copies made by
+//! `_codecs.encode` and `bytearray`), the memo and the stack are capped; containers are shared
+//! through the memo by reference, so a "memo bomb" stays linear in memory; nested rebuild calls
+//! are unwound in a loop with a depth cap, never by recursion.
 
 use std::collections::HashMap;
 use std::sync::Arc as Rc;
@@ -28,11 +31,29 @@ pub struct Limits {
     pub max_marks: usize,
     /// Most dimensions of a tensor.
     pub max_rank: usize,
+    /// Most bytes of strings and bytes that allow-listed calls build by copying (`_codecs.encode`,
+    /// `bytearray`); what the pickle spells out itself is bounded by its length. Importers use
+    /// [`Limits::for_pickle`], which scales this with the pickle's size.
+    pub max_bytes: usize,
 }
+
+/// Deepest nesting of `_rebuild_from_type_v2` around a tensor rebuild (torch writes one level).
+pub const MAX_REBUILD_NESTING: usize = 8;
+/// Longest decimal integer accepted in a protocol 0 `INT`/`LONG` (Python's own limit on
+/// converting text to `int`).
+pub const MAX_DECIMAL_DIGITS: usize = 4300;
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_values: 20_000_000, max_memo: 10_000_000, max_marks: 100_000, max_rank: 64 }
+        Limits { max_values: 20_000_000, max_memo: 10_000_000, max_marks: 100_000, max_rank: 64, max_bytes: 16 << 20 }
+    }
+}
+
+impl Limits {
+    /// The default limits for a pickle of `len` bytes: copies made by calls may come to twice the
+    /// pickle plus 16 MiB (a real file encodes each of its byte strings once).
+    pub fn for_pickle(len: usize) -> Limits {
+        Limits { max_bytes: len.saturating_mul(2).saturating_add(16 << 20), ..Limits::default() }
     }
 }
 
@@ -110,6 +131,7 @@ struct Vm<'a, 'r> {
     resolver: &'r mut dyn StorageResolver,
     limits: Limits,
     values: usize,
+    bytes: usize,
 }
 
 /// Unpickles one pickle from the start of `data`; returns the value and the bytes consumed.
@@ -130,6 +152,7 @@ pub fn unpickle(
         resolver,
         limits,
         values: 0,
+        bytes: 0,
     };
     let v = vm.run()?;
     Ok((v, vm.pos))
@@ -206,6 +229,18 @@ impl Vm<'_, '_> {
         Ok(())
     }
 
+    /// Charges `n` bytes of built text or binary data to the budget, before they are allocated.
+    fn charge_bytes(&mut self, n: usize) -> Result<()> {
+        self.bytes = self.bytes.saturating_add(n);
+        if self.bytes > self.limits.max_bytes {
+            return Err(PickleError::Limit {
+                at: self.op_at,
+                what: format!("more than {} bytes of strings and bytes built", self.limits.max_bytes),
+            });
+        }
+        Ok(())
+    }
+
     fn push(&mut self, v: Value) -> Result<()> {
         self.count(1)?;
         self.stack.push(v);
@@ -274,6 +309,7 @@ impl Vm<'_, '_> {
     }
 
     fn append(&mut self, target: &Value, items: Vec<Value>) -> Result<()> {
+        self.count(items.len())?;
         match self.arena.get_mut(target) {
             Some(Obj::List(v)) | Some(Obj::Set(v)) => {
                 v.extend(items);
@@ -287,6 +323,7 @@ impl Vm<'_, '_> {
         if !items.len().is_multiple_of(2) {
             return self.malformed("SETITEMS with an odd number of items");
         }
+        self.count(items.len())?;
         match self.arena.get_mut(target) {
             Some(Obj::Dict(_, entries)) => {
                 // Pairs are kept in order; a repeated key is resolved (last wins) when the tree
@@ -390,7 +427,8 @@ impl Vm<'_, '_> {
                     let v = match l.as_str() {
                         "01" => Value::Bool(true),
                         "00" => Value::Bool(false),
-                        s => Value::Int(s.trim().parse::<i64>().or_else(|_| self.malformed("bad INT"))?),
+                        s => parse_decimal_int(s)
+                            .ok_or_else(|| PickleError::Malformed { at: self.op_at, what: bad_decimal("INT", s) })?,
                     };
                     self.push(v)?;
                 }
@@ -411,7 +449,7 @@ impl Vm<'_, '_> {
                     let l = self.line_str()?;
                     let digits = l.trim_end_matches('L');
                     let v = parse_decimal_int(digits)
-                        .ok_or_else(|| PickleError::Malformed { at: self.op_at, what: "bad LONG".into() })?;
+                        .ok_or_else(|| PickleError::Malformed { at: self.op_at, what: bad_decimal("LONG", digits) })?;
                     self.push(v)?;
                 }
                 0x8a => {
@@ -554,6 +592,7 @@ impl Vm<'_, '_> {
                 0x90 => {
                     let items = self.pop_mark()?;
                     let target = self.top()?.clone();
+                    self.count(items.len())?;
                     match self.arena.get_mut(&target) {
                         Some(Obj::Set(v)) => v.extend(items),
                         _ => return self.refused("ADDITEMS to something that is not a set"),
@@ -671,7 +710,13 @@ impl Vm<'_, '_> {
         }
     }
 
-    fn tuple_items(&self, v: &Value, what: &str) -> Result<Vec<Value>> {
+    /// A copy of a tuple's items (call arguments), charged to the value budget before it is made.
+    fn tuple_items(&mut self, v: &Value, what: &str) -> Result<Vec<Value>> {
+        let n = match self.arena.get(v) {
+            Some(Obj::Tuple(items)) => items.len(),
+            _ => return self.malformed(format!("{what} are not a tuple")),
+        };
+        self.count(n)?;
         match self.arena.get(v) {
             Some(Obj::Tuple(items)) => Ok(items.clone()),
             _ => self.malformed(format!("{what} are not a tuple")),
@@ -715,20 +760,28 @@ impl Vm<'_, '_> {
                 match args.as_slice() {
                     [] => {}
                     [items] => {
-                        let pairs = match self.arena.get(items) {
-                            Some(Obj::List(v)) | Some(Obj::Tuple(v)) => v.clone(),
-                            Some(Obj::Dict(_, e)) => e.iter().flat_map(|(k, v)| [k.clone(), v.clone()]).collect(),
+                        // Every pair is copied: charge them before anything is allocated, so a
+                        // memo-shared list passed to `OrderedDict` over and over stays bounded.
+                        let n = match self.arena.get(items) {
+                            Some(Obj::List(v)) | Some(Obj::Tuple(v)) => v.len(),
+                            Some(Obj::Dict(_, e)) => e.len(),
                             _ => return self.malformed("dict() argument is not a sequence of pairs"),
                         };
-                        let mut flat = Vec::with_capacity(pairs.len() * 2);
-                        for p in pairs {
-                            match self.arena.get(&p) {
-                                Some(Obj::Tuple(kv)) | Some(Obj::List(kv)) if kv.len() == 2 => {
-                                    flat.extend(kv.iter().cloned())
+                        self.count(n.saturating_mul(2))?;
+                        let mut flat = Vec::with_capacity(n.saturating_mul(2));
+                        match self.arena.get(items) {
+                            Some(Obj::List(v)) | Some(Obj::Tuple(v)) => {
+                                for p in v {
+                                    match self.arena.get(p) {
+                                        Some(Obj::Tuple(kv)) | Some(Obj::List(kv)) if kv.len() == 2 => {
+                                            flat.extend(kv.iter().cloned())
+                                        }
+                                        _ => return self.malformed("dict() item is not a pair"),
+                                    }
                                 }
-                                _ if matches!(self.arena.get(items), Some(Obj::Dict(..))) => flat.push(p),
-                                _ => return self.malformed("dict() item is not a pair"),
                             }
+                            Some(Obj::Dict(_, e)) => flat.extend(e.iter().flat_map(|(k, v)| [k.clone(), v.clone()])),
+                            _ => {}
                         }
                         self.set_items(&d, flat)?;
                     }
@@ -737,15 +790,20 @@ impl Vm<'_, '_> {
                 Ok(d)
             }
             Global::List | Global::Set | Global::FrozenSet => {
-                let items = match args.as_slice() {
-                    [] => Vec::new(),
+                let n = match args.as_slice() {
+                    [] => 0,
                     [x] => match self.arena.get(x) {
-                        Some(Obj::List(v)) | Some(Obj::Tuple(v)) | Some(Obj::Set(v)) => v.clone(),
+                        Some(Obj::List(v)) | Some(Obj::Tuple(v)) | Some(Obj::Set(v)) => v.len(),
                         _ => return self.malformed("set()/list() argument is not a sequence"),
                     },
                     _ => return self.malformed("set()/list() with more than one argument"),
                 };
-                self.count(items.len())?;
+                // The items are copied: charged before the copy is made.
+                self.count(n)?;
+                let items = match args.first().and_then(|x| self.arena.get(x)) {
+                    Some(Obj::List(v)) | Some(Obj::Tuple(v)) | Some(Obj::Set(v)) => v.clone(),
+                    _ => Vec::new(),
+                };
                 let o = if *g == Global::List { Obj::List(items) } else { Obj::Set(items) };
                 self.new_obj(o)
             }
@@ -769,7 +827,10 @@ impl Vm<'_, '_> {
             },
             Global::CodecsEncode => match args.as_slice() {
                 [Value::Str(s), Value::Str(enc)] => self.encode(s, enc),
-                [Value::Str(s)] => Ok(Value::Bytes(Rc::from(s.as_bytes()))),
+                [Value::Str(s)] => {
+                    self.charge_bytes(s.len())?;
+                    Ok(Value::Bytes(Rc::from(s.as_bytes())))
+                }
                 _ => self.malformed("_codecs.encode arguments"),
             },
             Global::TorchSize => match args.as_slice() {
@@ -796,15 +857,31 @@ impl Vm<'_, '_> {
                 _ => self.malformed("_rebuild_device_tensor_from_cpu_tensor without a tensor"),
             },
             Global::RebuildFromTypeV2 => {
-                // (func, new_type, args, state): func(*args), tagged with a tensor class.
-                let [func, new_type, inner, _state] = args.as_slice() else {
-                    return self.malformed("_rebuild_from_type_v2 takes 4 arguments");
-                };
-                if !matches!(new_type, Value::Global(Global::TensorClass)) {
-                    return self.refused("_rebuild_from_type_v2 with a type that is not a tensor class");
+                // (func, new_type, args, state): func(*args), tagged with a tensor class. Nested
+                // wrappers are unwound here, in a loop, so no input can recurse without end.
+                let mut args = args;
+                let mut nesting = 0usize;
+                loop {
+                    let [func, new_type, inner, _state] = args.as_slice() else {
+                        return self.malformed("_rebuild_from_type_v2 takes 4 arguments");
+                    };
+                    if !matches!(new_type, Value::Global(Global::TensorClass)) {
+                        return self.refused("_rebuild_from_type_v2 with a type that is not a tensor class");
+                    }
+                    let func = func.clone();
+                    let inner = self.tuple_items(inner, "_rebuild_from_type_v2 arguments")?;
+                    if func != Value::Global(Global::RebuildFromTypeV2) {
+                        return self.call(&func, inner);
+                    }
+                    nesting += 1;
+                    if nesting >= MAX_REBUILD_NESTING {
+                        return Err(PickleError::Limit {
+                            at: self.op_at,
+                            what: format!("_rebuild_from_type_v2 nested more than {MAX_REBUILD_NESTING} deep"),
+                        });
+                    }
+                    args = inner;
                 }
-                let inner = self.tuple_items(inner, "_rebuild_from_type_v2 arguments")?;
-                self.call(&func.clone(), inner)
             }
             Global::Unsupported(u) => Err(PickleError::UnsupportedTensor(u.message())),
             Global::TensorClass | Global::StorageType(_) | Global::UntypedStorage | Global::Dtype(_) => {
@@ -813,8 +890,11 @@ impl Vm<'_, '_> {
         }
     }
 
-    fn encode(&self, s: &str, encoding: &str) -> Result<Value> {
+    fn encode(&mut self, s: &str, encoding: &str) -> Result<Value> {
+        // A copy of a (possibly memo-shared) string: charged before it is made.
+        self.charge_bytes(s.len())?;
         match encoding.to_ascii_lowercase().as_str() {
+            "latin1" | "latin-1" | "iso-8859-1" if s.is_ascii() => Ok(Value::Bytes(Rc::from(s.as_bytes()))),
             "latin1" | "latin-1" | "iso-8859-1" => {
                 let mut out = Vec::with_capacity(s.len());
                 for c in s.chars() {
@@ -895,7 +975,9 @@ impl Vm<'_, '_> {
         // The view must lie inside its storage: checked now, before anything reads or allocates.
         let esize = dtype.element_size() as u64;
         let numel: Option<u64> = shape.iter().try_fold(1u64, |a, &d| a.checked_mul(d as u64));
-        let Some(numel) = numel else {
+        // Its byte length must be a number this machine can hold, whatever the strides say (a
+        // stride-0 view of a 4-byte storage may claim 2^62 elements).
+        let Some(numel) = numel.filter(|n| n.checked_mul(esize).is_some_and(|b| usize::try_from(b).is_ok())) else {
             return self.malformed(format!("tensor size {shape:?} overflows"));
         };
         let storage_bytes = self.resolver.storage_bytes(storage);
@@ -928,6 +1010,19 @@ fn long_value(le: &[u8]) -> Value {
     }
 }
 
+/// Why a protocol 0 integer was refused.
+fn bad_decimal(op: &str, text: &str) -> String {
+    let digits = text.trim().trim_start_matches(['-', '+']).len();
+    if digits > MAX_DECIMAL_DIGITS {
+        format!("{op} with {digits} digits, over Python's limit of {MAX_DECIMAL_DIGITS}")
+    } else {
+        format!("bad {op}")
+    }
+}
+
+/// A decimal integer (at most [`MAX_DECIMAL_DIGITS`] digits) as an `Int` or a `BigInt`. Nine
+/// digits at a time into 32-bit limbs: linear in the limbs per step, so a 4300-digit integer
+/// costs about 200,000 limb operations.
 fn parse_decimal_int(s: &str) -> Option<Value> {
     let s = s.trim();
     if let Ok(v) = s.parse::<i64>() {
@@ -937,22 +1032,31 @@ fn parse_decimal_int(s: &str) -> Option<Value> {
         Some(d) => (true, d),
         None => (false, s.strip_prefix('+').unwrap_or(s)),
     };
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) || digits.len() > 10_000 {
+    if digits.is_empty() || digits.len() > MAX_DECIMAL_DIGITS || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    // Little-endian magnitude bytes by repeated multiply-add.
-    let mut mag: Vec<u8> = vec![0];
-    for d in digits.bytes() {
-        let mut carry = u32::from(d - b'0');
-        for b in &mut mag {
-            let v = u32::from(*b) * 10 + carry;
-            *b = (v & 0xff) as u8;
-            carry = v >> 8;
+    // Little-endian base-2^32 magnitude.
+    let mut limbs: Vec<u32> = vec![0];
+    for group in digits.as_bytes().chunks(9) {
+        let mut mul = 1u64;
+        let mut add = 0u64;
+        for &d in group {
+            mul *= 10;
+            add = add * 10 + u64::from(d - b'0');
         }
-        while carry > 0 {
-            mag.push((carry & 0xff) as u8);
-            carry >>= 8;
+        let mut carry = add;
+        for l in &mut limbs {
+            let v = u64::from(*l) * mul + carry;
+            *l = v as u32;
+            carry = v >> 32;
         }
+        if carry > 0 {
+            limbs.push(carry as u32);
+        }
+    }
+    let mut mag: Vec<u8> = limbs.iter().flat_map(|l| l.to_le_bytes()).collect();
+    while mag.len() > 1 && mag.last() == Some(&0) {
+        mag.pop();
     }
     mag.push(0); // room for the sign bit
     if neg {

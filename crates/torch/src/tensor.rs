@@ -59,9 +59,23 @@ impl TensorPlan {
         Ok(TensorPlan { name: name.to_string(), def: def.clone(), dtype, shape })
     }
 
-    /// Bytes of the tensor's data.
-    pub fn byte_len(&self) -> usize {
-        self.def.shape.iter().product::<usize>() * self.def.dtype.element_size()
+    /// Bytes of the tensor's data (the pickle's view was checked to fit in memory when it was
+    /// rebuilt; saturating all the same).
+    pub fn byte_len(&self) -> u64 {
+        self.numel().saturating_mul(self.def.dtype.element_size() as u64)
+    }
+
+    /// Elements of the view.
+    pub fn numel(&self) -> u64 {
+        self.def.shape.iter().try_fold(1u64, |a, &d| a.checked_mul(d as u64)).unwrap_or(u64::MAX)
+    }
+
+    /// Bytes of the tensor once written as `out` (saturating).
+    pub fn out_len(&self, out: Dtype) -> u64 {
+        if out == self.dtype {
+            return self.byte_len();
+        }
+        self.numel().saturating_mul(out.bits() as u64) / 8
     }
 
     /// Whether the bytes can be written straight from the storage.
@@ -131,7 +145,7 @@ impl TorchArchive {
                 .ok_or_else(|| err("view lies outside its storage".into()))?;
             for piece in bytes.chunks(chunk) {
                 match (&storage, swap) {
-                    (Cow::Borrowed(s), false) => {
+                    (crate::archive::StorageData::Mapped(s), false) => {
                         // Re-borrow from the long-lived map so the sink may keep it.
                         let s: &'s [u8] = s;
                         let off = piece.as_ptr() as usize - s.as_ptr() as usize;

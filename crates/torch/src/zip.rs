@@ -5,9 +5,14 @@
 //! entry's data. Sizes come from the central directory (torch writes zeros and data descriptors
 //! in local headers). Stored entries are returned as slices of the input; deflated entries are
 //! inflated on request with a bound on the output. Every offset and length is checked against the
-//! input before use.
+//! input before use. As Python's `zipfile` does, an entry whose local header names another file
+//! than the central directory is refused, and so are entries whose data overlap (another entry's
+//! or the central directory), which is how "zip bombs" share one compressed stream many times.
+//! Entries are found by name through a hash index, so a file with many entries opens in linear
+//! time.
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 
 /// Most entries accepted in one archive.
 pub const MAX_ENTRIES: u64 = 1 << 22;
@@ -61,6 +66,7 @@ pub struct Entry {
 pub struct ZipArchive<'a> {
     bytes: &'a [u8],
     entries: Vec<Entry>,
+    by_name: HashMap<String, usize>,
 }
 
 fn corrupt<T>(msg: impl Into<String>) -> Result<T> {
@@ -154,6 +160,7 @@ impl<'a> ZipArchive<'a> {
         }
         let cd = &bytes[cd_start..cd_end];
         let mut entries = Vec::with_capacity(count as usize);
+        let mut spans: Vec<(u64, u64, usize)> = Vec::with_capacity(count as usize);
         let mut at = 0usize;
         for _ in 0..count {
             if le32(cd, at)? != CD_SIG {
@@ -211,19 +218,40 @@ impl<'a> ZipArchive<'a> {
             }
             let lname = usize::from(le16(bytes, lo + 26)?);
             let lextra = usize::from(le16(bytes, lo + 28)?);
+            if bytes.get(lo + 30..lo + 30 + lname) != Some(name_bytes) {
+                let local = bytes.get(lo + 30..lo + 30 + lname).map(String::from_utf8_lossy).unwrap_or_default();
+                return corrupt(format!(
+                    "entry `{name}`: its local header names `{local}` (the directory and the header must agree)"
+                ));
+            }
             let data_offset = (lo + 30 + lname + lextra) as u64;
             if data_offset.checked_add(csize).is_none_or(|end| end > len as u64) {
                 return corrupt(format!("entry `{name}`: data lies outside the file (the archive is truncated)"));
             }
+            spans.push((lo as u64, data_offset + csize, entries.len()));
             entries.push(Entry { name, method, compressed_size: csize, size, data_offset, crc32 });
             at += 46 + name_len + extra_len + comment_len;
         }
-        let mut names: Vec<&str> = entries.iter().map(|e| e.name.as_str()).collect();
-        names.sort_unstable();
-        if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
-            return corrupt(format!("entry `{}` appears twice", w[0]));
+        // Every entry (local header and data) must lie before the next one and before the
+        // central directory: overlapping entries are refused, as Python's `zipfile` refuses them.
+        spans.sort_unstable();
+        for w in spans.windows(2) {
+            if w[0].1 > w[1].0 {
+                return corrupt(format!("entries `{}` and `{}` overlap", entries[w[0].2].name, entries[w[1].2].name));
+            }
         }
-        Ok(ZipArchive { bytes, entries })
+        if let Some(last) = spans.last()
+            && last.1 > cd_start as u64
+        {
+            return corrupt(format!("entry `{}` overlaps the central directory", entries[last.2].name));
+        }
+        let mut by_name = HashMap::with_capacity(entries.len());
+        for (i, e) in entries.iter().enumerate() {
+            if by_name.insert(e.name.clone(), i).is_some() {
+                return corrupt(format!("entry `{}` appears twice", e.name));
+            }
+        }
+        Ok(ZipArchive { bytes, entries, by_name })
     }
 
     /// Every entry, in central-directory order.
@@ -233,7 +261,12 @@ impl<'a> ZipArchive<'a> {
 
     /// The entry called `name`.
     pub fn entry(&self, name: &str) -> Option<&Entry> {
-        self.entries.iter().find(|e| e.name == name)
+        self.index_of(name).map(|i| &self.entries[i])
+    }
+
+    /// The position of the entry called `name` in [`ZipArchive::entries`].
+    pub fn index_of(&self, name: &str) -> Option<usize> {
+        self.by_name.get(name).copied()
     }
 
     /// The raw stored bytes of a stored entry (no copy), or `None` for a compressed one.

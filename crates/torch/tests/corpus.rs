@@ -44,7 +44,7 @@ fn parse_pythonish(s: &str) -> Value {
     serde_json::from_str(&t).unwrap_or_else(|e| panic!("metadata value is not JSON: {s}: {e}"))
 }
 
-fn check_corpus(dir: &Path) -> usize {
+pub(crate) fn check_corpus(dir: &Path) -> usize {
     let manifest = parse_pythonish(&std::fs::read_to_string(dir.join("manifest.json")).unwrap());
     let files = manifest["files"].as_object().unwrap();
     let work = tempfile::tempdir().unwrap();

@@ -1,4 +1,5 @@
 //! Integration tests for safeckpt-torch.
 
+mod attacks;
 mod corpus;
 mod options;
