@@ -280,6 +280,43 @@ fn convert_pytorch_files() {
 }
 
 #[test]
+fn hostile_pytorch_files_are_bounded_and_the_limit_can_be_raised() {
+    let dir = tempfile::tempdir().unwrap();
+    let attacks = fixtures().join("pytorch/attacks");
+    // A 4-byte storage viewed as 2^34 floats through a zero stride: inspect describes it (64 GiB)
+    // without reading it; convert refuses it by the default output limit, naming the option.
+    let bomb = attacks.join("expand_2_34.pth");
+    let o = run(&["inspect", "--json", bomb.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(doc["tensors"][0]["bytes"], 1u64 << 36);
+    let out = dir.path().join("bomb.safetensors");
+    let o = run(&["convert", bomb.to_str().unwrap(), out.to_str().unwrap(), "-q"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("--max-output-size") && text(&o).contains("expand_2_34.pth"), "{}", text(&o));
+    assert!(!out.exists());
+    // A deflated storage too large for the default limit converts once the limit is raised.
+    let views = attacks.join("deflated_views.pth");
+    let out = dir.path().join("views.safetensors");
+    let o = run(&["convert", views.to_str().unwrap(), out.to_str().unwrap(), "-q", "--no-fsync"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let o = run(&[
+        "convert",
+        views.to_str().unwrap(),
+        out.to_str().unwrap(),
+        "-q",
+        "--no-fsync",
+        "--max-output-size",
+        "1GB",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(safeckpt_reader::Reader::open(&out).unwrap().len(), 2_000);
+    let o = run(&["convert", views.to_str().unwrap(), out.to_str().unwrap(), "--max-output-size", "lots"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("--max-output-size"), "{}", text(&o));
+}
+
+#[test]
 fn a_multi_rank_save_inspects_and_merges_whole() {
     use safeckpt_format::{Dtype, RawTensor};
     use safeckpt_writer::rank::{RankTensor, commit_ranks, save_rank};

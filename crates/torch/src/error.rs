@@ -86,7 +86,12 @@ impl TorchError {
     /// Whether the input was refused or malformed (rather than an I/O or write failure).
     pub fn is_bad_input(&self) -> bool {
         match self {
-            TorchError::Read(e) => !matches!(e, safeckpt_reader::ReadError::Io { .. }),
+            // A device, FIFO or directory where a file is needed is the caller's input, not a
+            // failing disk.
+            TorchError::Read(safeckpt_reader::ReadError::Io { source, .. }) => {
+                matches!(source.kind(), std::io::ErrorKind::InvalidInput | std::io::ErrorKind::IsADirectory)
+            }
+            TorchError::Read(_) => true,
             TorchError::Write(e) => !matches!(e, safeckpt_writer::WriteError::Io { .. }),
             _ => true,
         }

@@ -137,3 +137,11 @@ fn copies_made_by_calls_are_charged() {
     let err = run(&p).unwrap_err();
     assert!(err.contains("more than 20000000 values"), "{err}");
 }
+
+#[test]
+fn a_device_is_refused_before_reading() {
+    // `/dev/zero` would be read until memory runs out; a FIFO would block forever.
+    let err = TorchArchive::open("/dev/zero").unwrap_err();
+    assert!(err.to_string().contains("not a regular file"), "{err}");
+    assert!(err.is_bad_input());
+}
