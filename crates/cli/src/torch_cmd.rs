@@ -15,6 +15,10 @@ use crate::util::{
 
 /// Whether a file looks like a PyTorch file rather than safetensors (by its first bytes).
 pub fn is_torch_file(path: &Path) -> bool {
+    // Only a regular file is sniffed: opening a FIFO would block, and a device is no file.
+    if !std::fs::metadata(path).is_ok_and(|m| m.is_file()) {
+        return false;
+    }
     let mut head = [0u8; 4];
     let Ok(mut f) = std::fs::File::open(path) else { return false };
     let n = std::io::Read::read(&mut f, &mut head).unwrap_or(0);

@@ -70,9 +70,23 @@ fn a_fifo_is_refused_without_blocking() {
 }
 
 #[test]
-#[ignore = "inspect sniffs for a PyTorch file (torch_cmd::is_torch_file) before anything checks the file type"]
 fn inspect_refuses_a_fifo_without_blocking() {
     let dir = tempfile::tempdir().unwrap();
     let p = fifo(dir.path());
     assert_refused(&["inspect", &p], &p);
+}
+
+#[test]
+fn an_index_that_is_a_fifo_or_a_device_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let index = dir.path().join("model.safetensors.index.json");
+    let status = Command::new("mkfifo").arg(&index).status().unwrap();
+    assert!(status.success());
+    let p = index.to_str().unwrap();
+    assert_refused(&["verify", p], p);
+    assert_refused(&["inspect", p], p);
+    let linked = dir.path().join("zero.safetensors.index.json");
+    std::os::unix::fs::symlink("/dev/zero", &linked).unwrap();
+    let l = linked.to_str().unwrap();
+    assert_refused(&["verify", l], l);
 }

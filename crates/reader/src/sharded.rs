@@ -99,11 +99,21 @@ impl ShardedReader {
 
     fn open_index(path: &Path, opts: &ReadOptions) -> Result<Self> {
         let err = |reason: String| ReadError::Index { index: path.to_path_buf(), reason };
-        let meta = std::fs::metadata(path).map_err(|e| ReadError::io(path, e))?;
+        // A device or FIFO named as an index would be read without end: refused first, and the
+        // read itself bounded, so a file that grows after the check cannot exceed the limit.
+        let meta = crate::Reader::require_regular_file(path)?;
         if meta.len() > MAX_INDEX_LEN {
             return Err(err(format!("index is {} bytes, over the limit of {MAX_INDEX_LEN}", meta.len())));
         }
-        let bytes = std::fs::read(path).map_err(|e| ReadError::io(path, e))?;
+        let mut bytes = Vec::with_capacity(meta.len() as usize);
+        std::io::Read::read_to_end(
+            &mut std::io::Read::take(std::fs::File::open(path).map_err(|e| ReadError::io(path, e))?, MAX_INDEX_LEN + 1),
+            &mut bytes,
+        )
+        .map_err(|e| ReadError::io(path, e))?;
+        if bytes.len() as u64 > MAX_INDEX_LEN {
+            return Err(err(format!("index grew past the limit of {MAX_INDEX_LEN} bytes while being read")));
+        }
         let index = ShardIndex::parse(&bytes).map_err(|e| err(e.to_string()))?;
         let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
         let dir = if dir.as_os_str().is_empty() { PathBuf::from(".") } else { dir };

@@ -284,6 +284,12 @@ impl TorchArchive {
                 Some(_) => {
                     std::fs::create_dir_all(output)
                         .map_err(|e| safeckpt_writer::WriteError::Io { path: output.to_path_buf(), source: e })?;
+                    // A set already there would keep being what readers open (they prefer the
+                    // index): refused unless overwriting, and retired after the commit if so.
+                    let index_path = output.join(index_file_name("model"));
+                    if !opts.write.has_overwrite() && index_path.exists() {
+                        return Err(safeckpt_writer::WriteError::Exists { path: index_path }.into());
+                    }
                     output.join("model.safetensors")
                 }
             };
@@ -291,6 +297,9 @@ impl TorchArchive {
             let w = StreamWriter::create(&file, specs, Some(conv.metadata.clone()), &opts.write)?;
             conv.tensors.par_iter().try_for_each(|(p, out)| self.write_tensor(&w, p, *out, progress))?;
             let s = w.finish()?;
+            if opts.max_shard_size.is_some() && opts.write.has_overwrite() {
+                safeckpt_writer::retire_replaced_set(output, "model", opts.write.has_fsync())?;
+            }
             summary.outputs.push(s.path);
             summary.inflated_bytes = self.inflated_bytes();
             return Ok(summary);

@@ -90,6 +90,27 @@ fn sharded_output_reads_as_one_set() {
     assert_eq!((s.outputs.as_slice(), s.index), ([one.join("model.safetensors")].as_slice(), None));
     assert!(!one.join("model.safetensors.index.json").exists());
     assert_eq!(ShardedReader::open(&one).unwrap().len(), 19);
+    // A single file over an existing set: refused without overwrite (the set would stay what
+    // readers open); with it, the set is retired after the file is committed.
+    let set = d.path().join("out");
+    let small = ConvertOptions { max_shard_size: Some(1 << 30), ..opts() };
+    let err = a
+        .convert(
+            &set,
+            &ConvertOptions { write: WriteOptions::new().fsync(false).overwrite(false), ..small.clone() },
+            &|_| {},
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("already exists"), "{err}");
+    assert!(set.join("model.safetensors.index.json").exists());
+    let s = a
+        .convert(&set, &ConvertOptions { write: WriteOptions::new().fsync(false).overwrite(true), ..small }, &|_| {})
+        .unwrap();
+    assert_eq!(s.index, None);
+    let left: Vec<String> =
+        std::fs::read_dir(&set).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert_eq!(left, ["model.safetensors"]);
+    assert_eq!(ShardedReader::open(&set).unwrap().len(), 19);
 }
 
 #[test]
