@@ -50,10 +50,19 @@ impl Default for Limits {
 }
 
 impl Limits {
-    /// The default limits for a pickle of `len` bytes: copies made by calls may come to twice the
-    /// pickle plus 16 MiB (a real file encodes each of its byte strings once).
+    /// The limits for a pickle of `len` bytes. Every value a real pickle builds costs at least one
+    /// opcode byte and is charged at most about twice (on the stack, then in its container), so
+    /// values are capped at four per byte, at least 1 M and at most the default 20 M; copies made
+    /// by calls may come to twice the pickle plus 16 MiB (a real file encodes each byte string
+    /// once). A 1.5 KB pickle copying a shared list over and over is then refused after about
+    /// 1 M slots (tens of MiB), not 20 M.
     pub fn for_pickle(len: usize) -> Limits {
-        Limits { max_bytes: len.saturating_mul(2).saturating_add(16 << 20), ..Limits::default() }
+        let d = Limits::default();
+        Limits {
+            max_values: len.saturating_mul(4).clamp(1_000_000, d.max_values),
+            max_bytes: len.saturating_mul(2).saturating_add(16 << 20),
+            ..d
+        }
     }
 }
 
