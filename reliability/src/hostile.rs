@@ -106,3 +106,97 @@ pub fn malicious_corpus(fixtures: &Path, work: &Path) -> Result<MaliciousReport>
     }
     Ok(report)
 }
+
+/// One resource attack on the PyTorch importer, measured in a fresh process.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImportAttack {
+    /// The file.
+    pub name: String,
+    /// Its size in bytes.
+    pub bytes: u64,
+    /// What it attacks (from the manifest).
+    pub attack: String,
+    /// Seconds to open, describe and convert (or be refused).
+    pub seconds: f64,
+    /// Growth of peak resident memory while doing so, in MiB.
+    pub peak_rss_growth_mib: f64,
+    /// `converted`, or the error's text.
+    pub outcome: String,
+    /// Whether the outcome is the one the manifest expects (`reject` with its error, or `ok`).
+    pub as_expected: bool,
+}
+
+/// What `exe import-attack FILE OUT` does in its own process: open the file, describe its tensors
+/// (nothing read), convert it with the default limits, and print `seconds peak-growth-MiB outcome`.
+pub fn import_attack_child(path: &Path, out: &Path) -> Result<()> {
+    let before = peak_rss_kib();
+    let t = std::time::Instant::now();
+    let outcome = safeckpt_torch::TorchArchive::open(path)
+        .and_then(|a| {
+            a.describe(None)?;
+            a.convert(out, &safeckpt_torch::ConvertOptions::default(), &|_| {})
+        })
+        .map(|_| "converted".to_string())
+        .unwrap_or_else(|e| e.to_string());
+    let secs = t.elapsed().as_secs_f64();
+    let _ = std::fs::remove_file(out);
+    println!("{secs} {} {}", peak_rss_kib().saturating_sub(before) as f64 / 1024.0, outcome.replace('\n', " "));
+    Ok(())
+}
+
+/// Runs every file of the attack corpus (`fixtures/pytorch/attacks`, plus the large case its
+/// script makes on demand, written under `work`) through [`import_attack_child`] in a fresh
+/// process each.
+pub fn import_attacks(exe: &Path, attacks: &Path, work: &Path) -> Result<Vec<ImportAttack>> {
+    let manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(attacks.join("manifest.json"))?)?;
+    let mut files: Vec<(std::path::PathBuf, String, Option<String>)> = manifest["files"]
+        .as_object()
+        .context("manifest without files")?
+        .iter()
+        .map(|(name, want)| {
+            let error = (want["expect"] == "reject").then(|| want["error"].as_str().unwrap_or("").to_string());
+            (attacks.join(name), want["attack"].as_str().unwrap_or("").to_string(), error)
+        })
+        .collect();
+    let status = Command::new("python3")
+        .arg(attacks.join("make_attacks.py"))
+        .arg("--large")
+        .arg(work)
+        .status()
+        .context("running make_attacks.py --large (needs python3)")?;
+    anyhow::ensure!(status.success(), "make_attacks.py --large failed");
+    files.push((
+        work.join("many_storages.pth"),
+        "160,000 storage records (looked up by a linear scan: quadratic)".into(),
+        None,
+    ));
+    let mut rows = Vec::new();
+    for (path, attack, error) in files {
+        let out = Command::new(exe)
+            .arg("import-attack")
+            .arg(&path)
+            .arg(work.join("attack-out.safetensors"))
+            .output()
+            .context("running import-attack")?;
+        anyhow::ensure!(
+            out.status.success(),
+            "import-attack {}: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let mut parts = text.trim().splitn(3, ' ');
+        let seconds: f64 = parts.next().and_then(|s| s.parse().ok()).context("import-attack output")?;
+        let growth: f64 = parts.next().and_then(|s| s.parse().ok()).context("import-attack output")?;
+        let outcome = parts.next().unwrap_or("").to_string();
+        let as_expected = match &error {
+            None => outcome == "converted",
+            Some(e) => outcome != "converted" && outcome.contains(e.as_str()),
+        };
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let bytes = std::fs::metadata(&path)?.len();
+        let _ = if name == "many_storages.pth" { std::fs::remove_file(&path) } else { Ok(()) };
+        rows.push(ImportAttack { name, bytes, attack, seconds, peak_rss_growth_mib: growth, outcome, as_expected });
+    }
+    Ok(rows)
+}

@@ -106,6 +106,13 @@ enum Cmd {
     /// Internal: open and validate one file; print seconds and peak-RSS growth in MiB.
     #[command(hide = true)]
     ParseHeader { path: PathBuf },
+    /// Internal: open, describe and convert one PyTorch file; print seconds, peak-RSS growth in
+    /// MiB and the outcome.
+    #[command(hide = true)]
+    ImportAttack { path: PathBuf, out: PathBuf },
+    /// Resource attacks on the PyTorch importer (fixtures/pytorch/attacks): time, peak memory and
+    /// outcome of each, in a fresh process.
+    HostilePytorch,
 }
 
 fn main() -> Result<()> {
@@ -158,6 +165,13 @@ fn main() -> Result<()> {
             Ok(())
         }
         Cmd::Report { kills, flips, commits, seed } => report(&exe, kills, flips, commits, seed),
+        Cmd::ImportAttack { path, out } => hostile::import_attack_child(&path, &out),
+        Cmd::HostilePytorch => {
+            let mut rows = Rows::new();
+            let bad = import_attack_rows(&exe, &mut rows)?;
+            anyhow::ensure!(bad == 0, "{bad} attacks did not end as their manifest expects");
+            Ok(())
+        }
     }
 }
 
@@ -306,6 +320,7 @@ fn report(exe: &std::path::Path, kills: usize, flips: usize, commits: usize, see
         ),
         cmd("report"),
     ));
+    import_attack_rows(exe, &mut rows)?;
     for n in [10_000, 100_000, 1_087_000] {
         let h = hostile::header_bomb(exe, base.path(), n)?;
         rows.push((
@@ -316,6 +331,36 @@ fn report(exe: &std::path::Path, kills: usize, flips: usize, commits: usize, see
     }
     println!("\n(total {:.0} s)", started.elapsed().as_secs_f64());
     Ok(())
+}
+
+/// One row per resource attack on the importer; returns how many ended otherwise than expected.
+fn import_attack_rows(exe: &std::path::Path, rows: &mut Rows) -> Result<usize> {
+    let attacks = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/pytorch/attacks");
+    let work = tempfile::tempdir()?;
+    let mut bad = 0;
+    for a in hostile::import_attacks(exe, &attacks, work.path())? {
+        bad += usize::from(!a.as_expected);
+        let outcome: String = if a.outcome == "converted" {
+            "converted".into()
+        } else {
+            // The message less its file and record prefixes (they name the file, shown already).
+            let stem = a.name.trim_end_matches(".pth");
+            let text = a.outcome.split(": ").skip_while(|part| part.contains(stem)).collect::<Vec<_>>().join(": ");
+            let text = if text.chars().count() > 90 { text.chars().take(87).collect::<String>() + "..." } else { text };
+            format!("refused: \"{text}\"")
+        };
+        rows.push((
+            format!("PyTorch import attack `{}` ({} bytes): {}", a.name, a.bytes, a.attack),
+            format!(
+                "{outcome} in {:.3} s, peak memory growth {:.1} MiB{}",
+                a.seconds,
+                a.peak_rss_growth_mib,
+                if a.as_expected { "" } else { " (NOT AS EXPECTED)" }
+            ),
+            "`cargo run --release -p safeckpt-reliability -- hostile-pytorch`".into(),
+        ));
+    }
+    Ok(bad)
 }
 
 /// The results table, printed row by row as campaigns finish (a long run that fails late still
