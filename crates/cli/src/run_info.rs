@@ -30,6 +30,9 @@ pub struct Run {
     pub ledger: Ledger,
     sizes: BTreeMap<String, u64>,
     writer: Writer,
+    /// Ledger entries left out because they do not name one of the run's checkpoints (an
+    /// absolute path, `..`, another file): never opened, sized or verified.
+    ignored: Vec<String>,
 }
 
 enum Writer {
@@ -52,13 +55,14 @@ pub fn open(loc: &Location) -> Result<Option<Run>> {
                 return Ok(None);
             }
             let bytes = Ledger::read_bytes(&ledger_path).with_context(|| ledger_path.display().to_string())?;
-            let ledger = Ledger::parse(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", ledger_path.display()))?;
+            let mut ledger = Ledger::parse(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", ledger_path.display()))?;
+            let ignored = confine(&mut ledger);
             let mut sizes = BTreeMap::new();
             for e in &ledger.checkpoints {
                 sizes.insert(e.path.clone(), local_size(&dir.join(&e.path)));
             }
             let writer = local_writer(&dir.join(LOCK));
-            Ok(Some(Run { place: Place::Local(dir.clone()), ledger, sizes, writer }))
+            Ok(Some(Run { place: Place::Local(dir.clone()), ledger, sizes, writer, ignored }))
         }
         Location::Object(prefix) => {
             if prefix.path.extension().is_some() {
@@ -70,7 +74,8 @@ pub fn open(loc: &Location) -> Result<Option<Run>> {
             }
             let ledger_loc = prefix.join(LEDGER);
             let bytes = read_object(&ledger_loc, Ledger::MAX_LEN)?;
-            let ledger = Ledger::parse(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", ledger_loc.url()))?;
+            let mut ledger = Ledger::parse(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", ledger_loc.url()))?;
+            let ignored = confine(&mut ledger);
             let files: BTreeMap<&str, u64> = listing.iter().map(|(n, s)| (n.as_str(), *s)).collect();
             let mut sizes = BTreeMap::new();
             for e in &ledger.checkpoints {
@@ -88,9 +93,23 @@ pub fn open(loc: &Location) -> Result<Option<Run>> {
             } else {
                 Writer::None { last: None }
             };
-            Ok(Some(Run { place: Place::Remote(prefix.clone()), ledger, sizes, writer }))
+            Ok(Some(Run { place: Place::Remote(prefix.clone()), ledger, sizes, writer, ignored }))
         }
     }
+}
+
+/// Drops the entries that do not name a checkpoint of the run by its naming rule (the rule the
+/// manager itself applies), returning their paths.
+fn confine(ledger: &mut Ledger) -> Vec<String> {
+    let mut ignored = Vec::new();
+    ledger.checkpoints.retain(|e| {
+        let ok = e.follows_naming_rule();
+        if !ok {
+            ignored.push(e.path.clone());
+        }
+        ok
+    });
+    ignored
 }
 
 fn local_size(p: &Path) -> u64 {
@@ -205,6 +224,7 @@ impl Run {
                 "checkpoints": checkpoints,
                 "keep_best": self.ledger.keep_best,
                 "writer": self.writer_text(),
+                "ignored_entries": self.ignored,
             });
             return Ok(serde_json::to_string_pretty(&doc)? + "\n");
         }
@@ -216,6 +236,13 @@ impl Run {
             writeln!(out, "keeps the best {} by {} ({dir}) besides the latest", b.keep, b.metric)?;
         }
         writeln!(out, "writer: {}", self.writer_text())?;
+        for p in &self.ignored {
+            writeln!(
+                out,
+                "ignored ledger entry `{}`: not one of the run's checkpoint names",
+                crate::util::printable(p, false)
+            )?;
+        }
         if n == 0 {
             return Ok(out);
         }

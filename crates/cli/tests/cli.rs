@@ -506,6 +506,22 @@ fn a_run_directory_is_listed_and_every_checkpoint_verified() {
     assert!(text(&o).contains("FAILED  step 189"), "{}", text(&o));
     assert!(text(&o).contains("OK      step 252"), "{}", text(&o));
     assert!(text(&o).contains("1 of 2 checkpoint(s) failed"), "{}", text(&o));
+    // A tampered ledger naming a file outside the run: listed as ignored, never read or verified.
+    let outside = dir.path().join("outside.safetensors");
+    std::fs::write(&outside, b"not a checkpoint").unwrap();
+    let ledger_path = run_dir.join("ledger.json");
+    let mut ledger: serde_json::Value = serde_json::from_slice(&std::fs::read(&ledger_path).unwrap()).unwrap();
+    let mut evil = ledger["checkpoints"][0].clone();
+    evil["path"] = "../outside.safetensors".into();
+    evil["step"] = 999.into();
+    ledger["checkpoints"].as_array_mut().unwrap().push(evil);
+    std::fs::write(&ledger_path, serde_json::to_vec(&ledger).unwrap()).unwrap();
+    let out = text(&run(&["inspect", d]));
+    assert!(out.contains("ignored ledger entry `../outside.safetensors`"), "{out}");
+    assert!(!out.lines().any(|l| l.contains("999") && l.contains("latest")), "{out}");
+    let o = run(&["verify", d]);
+    assert!(!text(&o).contains("outside"), "{}", text(&o));
+    assert!(text(&o).contains("1 of 2 checkpoint(s) failed"), "{}", text(&o));
 }
 
 #[test]
