@@ -116,7 +116,7 @@ impl TorchArchive {
             .iter()
             .filter(|p| !p.is_zero_copy(self) || self.storage_is_deflated(p.def.storage))
             .fold(0u64, |a, p| a.saturating_add(p.byte_len()));
-        self.check_output(copied, self.inflation_for(plans.iter()), limit, "a larger limit")?;
+        self.check_output(copied, self.inflation_for(plans.iter()), limit, "`TorchArchive::tensors_within`")?;
         plans
             .into_iter()
             .map(|plan| {
