@@ -34,6 +34,8 @@ mod archive;
 mod convert;
 mod error;
 pub mod flatten;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod globals;
 pub mod pickle;
 mod tensor;

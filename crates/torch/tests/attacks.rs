@@ -145,3 +145,23 @@ fn a_device_is_refused_before_reading() {
     assert!(err.to_string().contains("not a regular file"), "{err}");
     assert!(err.is_bad_input());
 }
+
+#[test]
+fn every_fuzz_seed_and_regression_replays_through_the_fuzz_targets() {
+    // The committed seeds and the inputs the fuzzers once found, through the very bodies the fuzz
+    // targets run (a panic here is a crash there).
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let mut replayed = 0;
+    for (dir, body) in [
+        ("fuzz/seeds/pickle", safeckpt_torch::fuzzing::pickle as fn(&[u8])),
+        ("fuzz/seeds/torch_archive", safeckpt_torch::fuzzing::torch_archive),
+        ("fixtures/fuzz-regressions", safeckpt_torch::fuzzing::pickle),
+    ] {
+        for e in std::fs::read_dir(root.join(dir)).unwrap() {
+            let p = e.unwrap().path();
+            body(&std::fs::read(&p).unwrap());
+            replayed += 1;
+        }
+    }
+    assert!(replayed >= 23, "{replayed} inputs replayed");
+}
