@@ -39,7 +39,7 @@ pub enum StorageData<'a> {
     /// Stored uncompressed: straight from the map.
     Mapped(&'a [u8]),
     /// Inflated (once per archive; later views share it).
-    Inflated(Arc<[u8]>),
+    Inflated(Arc<Vec<u8>>),
 }
 
 impl std::ops::Deref for StorageData<'_> {
@@ -100,7 +100,7 @@ pub struct TorchArchive {
     big_endian: bool,
     entries: Vec<crate::zip::Entry>,
     /// Deflated storages, inflated at most once each.
-    inflated: Vec<OnceLock<std::result::Result<Arc<[u8]>, ZipError>>>,
+    inflated: Vec<OnceLock<std::result::Result<Arc<Vec<u8>>, ZipError>>>,
     inflated_bytes: AtomicU64,
 }
 
@@ -549,13 +549,13 @@ impl TorchArchive {
                     return crate::zip::read_entry(self.file.bytes(), e, s.bytes)
                         .map(|c| match c {
                             std::borrow::Cow::Borrowed(b) => StorageData::Mapped(b),
-                            std::borrow::Cow::Owned(v) => StorageData::Inflated(v.into()),
+                            std::borrow::Cow::Owned(v) => StorageData::Inflated(Arc::new(v)),
                         })
                         .map_err(|source| TorchError::Zip { path: self.path().to_path_buf(), source });
                 }
                 let cached = self.inflated[storage as usize].get_or_init(|| {
-                    let out =
-                        crate::zip::read_entry(self.file.bytes(), e, s.bytes).map(|c| Arc::<[u8]>::from(c.as_ref()));
+                    // Inflating yields an owned buffer: shared as it is, not copied again.
+                    let out = crate::zip::read_entry(self.file.bytes(), e, s.bytes).map(|c| Arc::new(c.into_owned()));
                     if let Ok(b) = &out {
                         self.inflated_bytes.fetch_add(b.len() as u64, Ordering::Relaxed);
                     }

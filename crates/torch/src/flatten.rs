@@ -117,9 +117,11 @@ fn key_text(k: &Value) -> Option<Arc<str>> {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum KeyId {
     None,
-    /// An integer (bools and integral floats included), as minimal little-endian two's
-    /// complement bytes.
-    Int(Vec<u8>),
+    /// An integer that fits 128 bits (bools and integral floats included).
+    Int(i128),
+    /// A larger integer, as minimal little-endian two's-complement bytes (more than 16 of them,
+    /// so never equal to an `Int`).
+    BigInt(Vec<u8>),
     /// A float that is not an integer, by its bits.
     Float(u64),
     /// NaN: never equal to another key.
@@ -127,35 +129,34 @@ enum KeyId {
     Str(Arc<str>),
 }
 
-/// Minimal little-endian two's-complement bytes of an integer given in any width.
-fn canonical_int(le: &[u8]) -> Vec<u8> {
-    let mut v = le.to_vec();
-    if v.is_empty() {
-        v.push(0);
+/// The key of an integer given as little-endian two's-complement bytes of any width.
+fn int_key(le: &[u8]) -> KeyId {
+    let mut v = le;
+    // Drop sign-extension bytes: the value is unchanged.
+    while let [rest @ .., next, top] = v
+        && ((*top == 0 && next & 0x80 == 0) || (*top == 0xff && next & 0x80 != 0))
+    {
+        v = &v[..rest.len() + 1];
     }
-    while v.len() > 1 {
-        let (top, next) = (v[v.len() - 1], v[v.len() - 2]);
-        if (top == 0 && next & 0x80 == 0) || (top == 0xff && next & 0x80 != 0) {
-            v.pop();
-        } else {
-            break;
-        }
+    if v.len() > 16 {
+        return KeyId::BigInt(v.to_vec());
     }
-    v
+    let fill = if v.last().is_some_and(|b| b & 0x80 != 0) { 0xff } else { 0 };
+    let mut a = [fill; 16];
+    a[..v.len()].copy_from_slice(v);
+    KeyId::Int(i128::from_le_bytes(a))
 }
 
 fn key_id(k: &Value, position: usize) -> Option<KeyId> {
     Some(match k {
         Value::None => KeyId::None,
-        Value::Bool(b) => KeyId::Int(canonical_int(&[u8::from(*b)])),
-        Value::Int(i) => KeyId::Int(canonical_int(&i.to_le_bytes())),
-        Value::BigInt(b) => KeyId::Int(canonical_int(b)),
+        Value::Bool(b) => KeyId::Int(i128::from(*b)),
+        Value::Int(i) => KeyId::Int(i128::from(*i)),
+        Value::BigInt(b) => int_key(b),
         Value::Float(f) if f.is_nan() => KeyId::Nan(position),
         // Integral floats equal the integer of the same value (2^127 and beyond keep their bits:
         // no pickle torch writes has such keys).
-        Value::Float(f) if f.fract() == 0.0 && f.abs() < 2f64.powi(127) => {
-            KeyId::Int(canonical_int(&(*f as i128).to_le_bytes()))
-        }
+        Value::Float(f) if f.fract() == 0.0 && f.abs() < 2f64.powi(127) => KeyId::Int(*f as i128),
         Value::Float(f) => KeyId::Float(f.to_bits()),
         Value::Str(s) => KeyId::Str(s.clone()),
         _ => return None,
@@ -562,6 +563,32 @@ mod tests {
         let root = doubled(&mut a, s(&"x".repeat(64 << 10)), 11);
         let err = flatten(&a, &root, None).unwrap_err();
         assert!(err.contains("bytes of JSON metadata"), "{err}");
+    }
+
+    #[test]
+    fn keys_merge_by_python_equality_whatever_their_encoding() {
+        let mut a = Arena::default();
+        let mut nine = vec![0u8; 9];
+        nine[0] = 1; // 1 in a non-minimal 9-byte encoding
+        let mut big = vec![0u8; 20];
+        big[18] = 1; // 2^144: beyond 128 bits
+        let root = a.push(Obj::Dict(
+            DictKind::Dict,
+            vec![
+                (Value::Int(1), Value::Int(10)),
+                (Value::BigInt(Rc::from(nine.as_slice())), Value::Int(11)),
+                (Value::Bool(true), Value::Int(12)),
+                (Value::Float(1.0), Value::Int(13)),
+                (Value::BigInt(Rc::from(vec![0xffu8; 12].as_slice())), Value::Int(20)),
+                (Value::Int(-1), Value::Int(21)),
+                (Value::BigInt(Rc::from(big.as_slice())), Value::Int(30)),
+            ],
+        ));
+        let f = flatten(&a, &root, None).unwrap();
+        assert_eq!(f.metadata.len(), 3, "{:?}", f.metadata);
+        assert_eq!(f.metadata[0], ("1".to_string(), "13".to_string()));
+        assert_eq!(f.metadata[1], ("-1".to_string(), "21".to_string()));
+        assert_eq!(f.metadata[2].1, "30");
     }
 
     #[test]
