@@ -24,7 +24,7 @@ use std::thread::JoinHandle;
 
 use candle_core::Var;
 use safeckpt_reader::ShardedReader;
-use safeckpt_writer::atomic::{remove_leftovers, write_atomic};
+use safeckpt_writer::atomic::{remove_leftovers, rename_exchange as exchange, write_atomic};
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{CheckpointOptions, SnapshotSource, load_checkpoint, read_train_state, save_checkpoint};
@@ -321,24 +321,6 @@ fn remove_entry(p: &Path) -> std::io::Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         r => r,
     }
-}
-
-/// Swaps two directory entries atomically (`renameat2(RENAME_EXCHANGE)`). `Ok(false)` where the
-/// kernel or the filesystem cannot.
-#[cfg(any(target_os = "linux", target_os = "android"))]
-fn exchange(a: &Path, b: &Path) -> std::io::Result<bool> {
-    use rustix::fs::{CWD, RenameFlags, renameat_with};
-    use rustix::io::Errno;
-    match renameat_with(CWD, a, CWD, b, RenameFlags::EXCHANGE) {
-        Ok(()) => Ok(true),
-        Err(Errno::INVAL | Errno::NOSYS | Errno::OPNOTSUPP) => Ok(false),
-        Err(e) => Err(e.into()),
-    }
-}
-
-#[cfg(not(any(target_os = "linux", target_os = "android")))]
-fn exchange(_: &Path, _: &Path) -> std::io::Result<bool> {
-    Ok(false)
 }
 
 /// Where a sharded checkpoint is set aside while its replacement is renamed in (systems without

@@ -217,6 +217,26 @@ pub fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
     link_noreplace(from, to)
 }
 
+/// Swaps two directory entries atomically (`renameat2(RENAME_EXCHANGE)`). `Ok(false)` where the
+/// kernel or the file system cannot; the caller then needs another way (e.g. renaming aside).
+pub fn rename_exchange(a: &Path, b: &Path) -> io::Result<bool> {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        use rustix::fs::{CWD, RenameFlags, renameat_with};
+        use rustix::io::Errno;
+        match renameat_with(CWD, a, CWD, b, RenameFlags::EXCHANGE) {
+            Ok(()) => Ok(true),
+            Err(e) if e == Errno::INVAL || e == Errno::NOSYS || e == Errno::OPNOTSUPP => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    {
+        let _ = (a, b);
+        Ok(false)
+    }
+}
+
 /// The portable no-replace rename: `link(from, to)` (which fails when `to` exists) then
 /// `unlink(from)`. On file systems without hard links it degrades to a check followed by a rename,
 /// which is not atomic against a concurrent creator.
