@@ -1,14 +1,14 @@
 //! Crash consistency: a child process runs a real save loop and is killed with SIGKILL at random
 //! instants; after each kill the parent checks the run directory.
 
-use std::path::{Path, PathBuf};
+use std::collections::BTreeSet;
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use safeckpt_candle::{CheckpointManager, ManagerOptions, TrainState, read_train_state};
 use safeckpt_reader::ShardedReader;
-use safeckpt_writer::atomic::{remove_leftovers, sync_dir};
 use safeckpt_writer::{WriteOptions, write_file, write_sharded};
 
 use crate::{Rng, content, is_leftover, listing};
@@ -18,8 +18,6 @@ use crate::{Rng, content, is_leftover, listing};
 pub enum Mode {
     /// `write_file` replacing one file.
     File,
-    /// `write_sharded` into a new directory per step, committed by renaming the directory.
-    Sharded,
     /// `write_sharded` over the previous set in the same directory, step after step (shards of the
     /// same names each time): every state must be the complete old set or the complete new one.
     ShardedReplace,
@@ -75,13 +73,18 @@ fn file_step(path: &Path) -> Result<u64> {
     meta.get("step").and_then(|s| s.parse().ok()).context("checkpoint without a step")
 }
 
-fn sharded_sets(dir: &Path) -> Vec<(u64, PathBuf)> {
-    let mut v: Vec<(u64, PathBuf)> = listing(dir)
-        .into_iter()
-        .filter_map(|n| n.strip_prefix("set-").and_then(|s| s.parse().ok()).map(|s| (s, dir.join(&n))))
-        .collect();
-    v.sort();
-    v
+/// Tells the parent that `step` is committed (its save returned): one line on stdout, which the
+/// parent reads after the kill. Everything logged must survive.
+fn committed(step: u64) {
+    println!("committed {step}");
+}
+
+/// The steps a killed child logged as committed.
+fn committed_steps(stdout: &[u8]) -> Vec<u64> {
+    String::from_utf8_lossy(stdout)
+        .lines()
+        .filter_map(|l| l.strip_prefix("committed ").and_then(|s| s.parse().ok()))
+        .collect()
 }
 
 /// The child: saves step after step until killed (or `steps` saves), continuing from the last
@@ -97,37 +100,7 @@ pub fn save_loop(mode: Mode, dir: &Path, steps: u64) -> Result<()> {
                 let raw = content::raw(step, SCALE);
                 let meta = safeckpt_format::Metadata::from([("step".to_string(), step.to_string())]);
                 write_file(&path, &content::sources(&raw), Some(meta), &fsync)?;
-            }
-        }
-        Mode::Sharded => {
-            // Leftovers of a killed writer are removed by the next one (it owns the directory).
-            for n in listing(dir) {
-                if is_leftover(&n) {
-                    let p = dir.join(&n);
-                    if p.is_dir() { std::fs::remove_dir_all(&p)? } else { std::fs::remove_file(&p)? }
-                }
-            }
-            let start = sharded_sets(dir).last().map_or(1, |(s, _)| s + 1);
-            for step in start..start + steps {
-                let raw = content::raw(step, SCALE);
-                let tmp = dir.join(format!(".set-{step:08}.tmp"));
-                let _ = std::fs::remove_dir_all(&tmp);
-                let total: usize = raw.iter().map(|(_, b)| b.len()).sum();
-                write_sharded(&tmp, "model", &content::sources(&raw), None, (total / 3) as u64, &fsync, &|_| {})?;
-                std::fs::rename(&tmp, dir.join(format!("set-{step:08}")))?;
-                sync_dir(Some(dir))?;
-                // Retention: keep the newest three complete sets. A set leaves by a rename to a
-                // temporary name first, so a kill during the removal never leaves a half-deleted
-                // set under a checkpoint name.
-                let sets = sharded_sets(dir);
-                for (s, old) in sets.iter().take(sets.len().saturating_sub(3)) {
-                    let doomed = dir.join(format!(".set-{s:08}.tmp-removing"));
-                    std::fs::rename(old, &doomed)?;
-                    // Flushed before the deletions, so that no power cut can leave some of them
-                    // on disk without the rename (file systems need not keep the order).
-                    sync_dir(Some(dir))?;
-                    std::fs::remove_dir_all(&doomed)?;
-                }
+                committed(step);
             }
         }
         Mode::ShardedReplace => {
@@ -139,22 +112,29 @@ pub fn save_loop(mode: Mode, dir: &Path, steps: u64) -> Result<()> {
                 let meta = safeckpt_format::Metadata::from([("step".to_string(), step.to_string())]);
                 let total: usize = raw.iter().map(|(_, b)| b.len()).sum();
                 write_sharded(dir, "model", &content::sources(&raw), Some(meta), (total / 3) as u64, &fsync, &|_| {})?;
+                committed(step);
             }
         }
         Mode::Manager | Mode::ManagerSharded => {
             let mut m = CheckpointManager::open(dir, mode.manager_options())?;
             let start = m.latest().map_or(1, |e| e.step + 1);
+            let mut in_flight = None;
             for step in start..start + steps {
                 let vars = content::vars(step, SCALE)?;
                 let state = TrainState::new(0, step);
                 if step % 2 == 0 {
                     m.save_async(&vars, None, &state)?;
+                    in_flight = Some(step);
                     m.fence().wait();
                 } else {
+                    // A save first waits for the one in flight: both are committed when it returns.
                     m.save(&vars, None, &state)?;
+                    in_flight.take().into_iter().for_each(committed);
+                    committed(step);
                 }
             }
             m.wait()?;
+            in_flight.take().into_iter().for_each(committed);
         }
     }
     Ok(())
@@ -170,15 +150,23 @@ pub struct CrashReport {
     pub latest_ok: usize,
     /// Kills before any checkpoint existed.
     pub before_first: usize,
-    /// Checks that found the latest checkpoint missing, damaged, older than one already seen, or
-    /// holding the wrong content: checkpoints lost.
+    /// Checks that found the latest checkpoint missing, damaged, older than one already seen or
+    /// than a save the child saw return, or holding the wrong content: checkpoints lost.
     pub lost: usize,
     /// Older retained checkpoints found damaged.
     pub older_damaged: usize,
-    /// Temporary files or directories a killed writer left behind (removed by the next writer).
+    /// Older checkpoints that retention must still keep (the child saw their saves return, and
+    /// fewer than `keep_last` newer ones exist) but that were missing (manager modes).
+    pub older_vanished: usize,
+    /// Saves the children saw return (logged before their kill).
+    pub logged_commits: usize,
+    /// Temporary files or directories a killed writer left behind, counted right after the kill
+    /// (the harness removes nothing: the library's next writer or manager must).
     pub leftovers_seen: usize,
-    /// Leftovers still present after the next writer opened the directory.
-    pub leftovers_after_cleanup: usize,
+    /// Leftovers the library failed to remove: still present after a later writer committed a
+    /// checkpoint in the directory, after a manager opened it, or after the final uninterrupted
+    /// run.
+    pub leftovers_kept: usize,
     /// Kills that left a replaced set's shards behind, unreferenced (sharded-replace mode; the
     /// next replacement removes them).
     pub unreferenced_seen: usize,
@@ -187,9 +175,13 @@ pub struct CrashReport {
 }
 
 impl CrashReport {
-    /// Whether nothing was lost or damaged.
+    /// Whether nothing was lost or damaged and the library cleaned up after every kill.
     pub fn is_clean(&self) -> bool {
-        self.lost == 0 && self.older_damaged == 0 && self.leftovers_after_cleanup == 0 && self.problems.is_empty()
+        self.lost == 0
+            && self.older_damaged == 0
+            && self.older_vanished == 0
+            && self.leftovers_kept == 0
+            && self.problems.is_empty()
     }
 }
 
@@ -199,7 +191,6 @@ pub(crate) fn check_after_kill(mode: Mode, dir: &Path, report: &mut CrashReport)
     match mode {
         Mode::File => {
             let path = dir.join("ckpt.safetensors");
-            remove_leftovers(dir)?;
             if !path.exists() {
                 return Ok(None);
             }
@@ -208,30 +199,6 @@ pub(crate) fn check_after_kill(mode: Mode, dir: &Path, report: &mut CrashReport)
             let step = file_step(&path)?;
             content::check(&set, step, "", SCALE)?;
             Ok(Some(step))
-        }
-        Mode::Sharded => {
-            for n in listing(dir) {
-                if is_leftover(&n) {
-                    std::fs::remove_dir_all(dir.join(&n))?;
-                }
-            }
-            let sets = sharded_sets(dir);
-            let Some((step, latest)) = sets.last() else { return Ok(None) };
-            let set = ShardedReader::open(latest.join("model.safetensors.index.json"))?;
-            ensure!(set.verify()?.iter().all(|r| r.is_ok()), "latest set does not verify");
-            content::check(&set, *step, "", SCALE)?;
-            for (s, old) in &sets[..sets.len() - 1] {
-                let ok = ShardedReader::open(old.join("model.safetensors.index.json"))
-                    .map_err(anyhow::Error::from)
-                    .and_then(|set| {
-                        ensure!(set.verify()?.iter().all(|r| r.is_ok()), "verify");
-                        content::check(&set, *s, "", SCALE)
-                    });
-                if ok.is_err() {
-                    report.older_damaged += 1;
-                }
-            }
-            Ok(Some(*step))
         }
         Mode::ShardedReplace => {
             if unreferenced_shards(dir) > 0 {
@@ -278,23 +245,59 @@ pub(crate) fn check_after_kill(mode: Mode, dir: &Path, report: &mut CrashReport)
     }
 }
 
+/// Checks that the manager still lists, and can open, every checkpoint retention must keep: each
+/// step the children logged as committed that is within `keep_last` of the latest. (Steps are
+/// saved in order and each save waits for the one before, so every step up to the latest was
+/// committed once and the newest `keep_last` of them must all remain.)
+fn check_retained(mode: Mode, dir: &Path, latest: u64, logged: &BTreeSet<u64>, report: &mut CrashReport) {
+    let keep = mode.manager_options().keep_last as u64;
+    let m = match CheckpointManager::open(dir, mode.manager_options()) {
+        Ok(m) => m,
+        Err(e) => {
+            report.problems.push(format!("reopening the run: {e}"));
+            return;
+        }
+    };
+    let present: BTreeSet<u64> = m.entries().iter().map(|e| e.step).collect();
+    for &step in logged.range(latest.saturating_sub(keep - 1)..latest) {
+        let entry = m.entries().into_iter().find(|e| e.step == step);
+        let opens = entry.is_some_and(|e| m.path_of(&e).exists());
+        if !present.contains(&step) || !opens {
+            report.older_vanished += 1;
+            report.problems.push(format!(
+                "step {step} was committed and must be retained (latest {latest}, keep {keep}) but is gone"
+            ));
+        }
+    }
+}
+
 /// Runs `kills` rounds: start the save loop (`exe save-loop`), SIGKILL it after a random delay of
 /// up to `max_delay_ms`, check. A last uninterrupted run confirms the directory is still usable.
+///
+/// Nothing is cleaned up by the harness: temporary files a kill leaves are counted, and each must
+/// be gone once a later writer has committed in the directory (the writers remove temporary files
+/// of dead processes), once a manager has opened it, or at the latest after the final run. The
+/// children log every save that returned; such a checkpoint may never be lost, and in manager
+/// modes the ones retention keeps may never vanish.
 pub fn campaign(exe: &Path, mode: Mode, dir: &Path, kills: usize, max_delay_ms: u64, seed: u64) -> Result<CrashReport> {
     let mut rng = Rng::new(seed);
     let mut report = CrashReport::default();
     let mut newest_seen: Option<u64> = None;
+    let mut logged = BTreeSet::new();
+    // Leftover names not yet removed, with the latest step when first seen.
+    let mut pending: Vec<(String, Option<u64>)> = Vec::new();
     let mode_arg = mode.name();
     for k in 0..=kills {
         let last = k == kills;
         let mut cmd = Command::new(exe);
-        cmd.args(["save-loop", "--mode", &mode_arg, "--dir"]).arg(dir).stdout(Stdio::null()).stderr(Stdio::piped());
+        cmd.args(["save-loop", "--mode", &mode_arg, "--dir"]).arg(dir).stdout(Stdio::piped()).stderr(Stdio::piped());
         if last {
             cmd.args(["--steps", "2"]);
         }
         let mut child = cmd.spawn().with_context(|| format!("starting {}", exe.display()))?;
         if last {
             let out = child.wait_with_output()?;
+            logged.extend(committed_steps(&out.stdout));
             if !out.status.success() {
                 report
                     .problems
@@ -304,47 +307,118 @@ pub fn campaign(exe: &Path, mode: Mode, dir: &Path, kills: usize, max_delay_ms: 
             std::thread::sleep(Duration::from_millis(rng.below(max_delay_ms + 1)));
             let _ = child.kill();
             let out = child.wait_with_output()?;
+            logged.extend(committed_steps(&out.stdout));
             // A child that failed on its own (not killed) is a problem: saves must not fail.
             if out.status.code().is_some_and(|c| c != 0) {
                 report.problems.push(format!("save loop failed by itself: {}", String::from_utf8_lossy(&out.stderr)));
             }
             report.kills += 1;
         }
-        match check_after_kill(mode, dir, &mut report) {
+        // What the kill left, before anything (a manager opening the directory) removes it.
+        let left: Vec<String> = listing(dir).into_iter().filter(|n| is_leftover(n)).collect();
+        report.leftovers_seen += left.iter().filter(|n| !pending.iter().any(|(p, _)| p == *n)).count();
+        let latest = match check_after_kill(mode, dir, &mut report) {
             Ok(None) => {
-                if newest_seen.is_some() {
+                if newest_seen.is_some() || !logged.is_empty() {
                     report.lost += 1;
                     report.problems.push(format!("kill {k}: every checkpoint vanished"));
                 } else {
                     report.before_first += 1;
                 }
+                None
             }
             Ok(Some(step)) => {
+                let logged_max = logged.last().copied();
                 if newest_seen.is_some_and(|s| step < s) {
                     report.lost += 1;
                     report.problems.push(format!("kill {k}: latest step went back from {newest_seen:?} to {step}"));
+                } else if logged_max.is_some_and(|s| step < s) {
+                    report.lost += 1;
+                    report
+                        .problems
+                        .push(format!("kill {k}: the save of step {logged_max:?} returned, the latest is {step}"));
                 } else {
                     report.latest_ok += 1;
                     newest_seen = Some(step);
                 }
+                if mode.is_manager() {
+                    check_retained(mode, dir, step, &logged, &mut report);
+                }
+                Some(step)
             }
             Err(e) => {
                 report.lost += 1;
                 report.problems.push(format!("kill {k}: {e:#}"));
+                None
+            }
+        };
+        // A leftover must be gone once a later save committed (the writer cleans up before it
+        // writes) or, in manager modes, once the check opened the manager.
+        let now: Vec<String> = listing(dir).into_iter().filter(|n| is_leftover(n)).collect();
+        pending.retain(|(name, seen_at)| {
+            let still = now.contains(name);
+            let progressed = latest.is_some() && latest > *seen_at;
+            if still && (progressed || mode.is_manager()) {
+                report.leftovers_kept += 1;
+                report.problems.push(format!("kill {k}: leftover `{name}` was not removed"));
+                return false;
+            }
+            still
+        });
+        for name in left {
+            if now.contains(&name) && !pending.iter().any(|(p, _)| *p == name) {
+                if mode.is_manager() {
+                    report.leftovers_kept += 1;
+                    report.problems.push(format!("kill {k}: leftover `{name}` kept after the manager opened"));
+                } else {
+                    pending.push((name, latest));
+                }
             }
         }
-        let left = listing(dir).iter().filter(|n| is_leftover(n)).count();
-        if mode.is_manager() && left > 0 {
-            // The manager removes leftovers when it opens the directory (done in the check).
-            report.leftovers_after_cleanup += left;
-        }
+        report.logged_commits = logged.len();
     }
-    if !mode.is_manager() {
-        report.leftovers_after_cleanup += listing(dir).iter().filter(|n| is_leftover(n)).count();
+    // After the last, uninterrupted run nothing a killed writer left may remain.
+    let end: Vec<String> = listing(dir).into_iter().filter(|n| is_leftover(n)).collect();
+    if !end.is_empty() {
+        report.leftovers_kept += end.len();
+        report.problems.push(format!("left after the final run: {end:?}"));
     }
     if mode == Mode::ShardedReplace {
         // After the last, uninterrupted replacement nothing of earlier sets may remain.
-        report.leftovers_after_cleanup += unreferenced_shards(dir);
+        let n = unreferenced_shards(dir);
+        if n > 0 {
+            report.leftovers_kept += n;
+            report.problems.push(format!("{n} unreferenced shards left after the final run"));
+        }
     }
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Retention's check notices a committed checkpoint that is gone from the ledger and the disk,
+    /// and one whose file alone vanished.
+    #[test]
+    fn a_vanished_retained_checkpoint_is_noticed() {
+        for mode in [Mode::Manager, Mode::ManagerSharded] {
+            let dir = tempfile::tempdir().unwrap();
+            save_loop(mode, dir.path(), 4).unwrap();
+            let logged: BTreeSet<u64> = (1..=4).collect();
+            let mut clean = CrashReport::default();
+            check_retained(mode, dir.path(), 4, &logged, &mut clean);
+            assert!(clean.is_clean(), "{clean:#?}");
+
+            let m = CheckpointManager::open(dir.path(), mode.manager_options()).unwrap();
+            let victim = m.entries().into_iter().find(|e| e.step == 3).unwrap();
+            let path = m.path_of(&victim);
+            drop(m);
+            if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) }.unwrap();
+            let mut report = CrashReport::default();
+            check_retained(mode, dir.path(), 4, &logged, &mut report);
+            assert_eq!(report.older_vanished, 1, "{mode:?}: {report:#?}");
+            assert!(!report.is_clean());
+        }
+    }
 }

@@ -179,20 +179,22 @@ fn report(exe: &std::path::Path, kills: usize, flips: usize, commits: usize, see
     let started = Instant::now();
     let mut rows = Rows::new();
     let cmd = |args: &str| format!("`cargo run --release -p safeckpt-reliability -- {args}`");
-    for mode in [Mode::File, Mode::Sharded, Mode::ShardedReplace, Mode::Manager, Mode::ManagerSharded] {
+    for mode in [Mode::File, Mode::ShardedReplace, Mode::Manager, Mode::ManagerSharded] {
         let dir = tempfile::tempdir()?;
         let t = Instant::now();
         let r = crash::campaign(exe, mode, dir.path(), kills, 120, seed)?;
         let what = format!("SIGKILL during {} saves", mode.name());
         let result = format!(
-            "{} kills: latest checkpoint loaded, verified and equal to its step {} times ({} before the first save), checkpoints lost {}, older damaged {}, leftovers {} seen / {} after cleanup ({:.0} s){}",
+            "{} kills: latest checkpoint loaded, verified and equal to its step {} times ({} before the first save), checkpoints lost {} (of {} saves the children saw return), older damaged {}, older retained checkpoints vanished {}, temporary files left by kills {} / kept by the library {} ({:.0} s){}",
             r.kills,
             r.latest_ok,
             r.before_first,
             r.lost,
+            r.logged_commits,
             r.older_damaged,
+            r.older_vanished,
             r.leftovers_seen,
-            r.leftovers_after_cleanup,
+            r.leftovers_kept,
             t.elapsed().as_secs_f64(),
             if r.problems.is_empty() { String::new() } else { format!("; problems: {:?}", r.problems) }
         ) + &if mode == Mode::ShardedReplace {
@@ -272,7 +274,7 @@ fn report(exe: &std::path::Path, kills: usize, flips: usize, commits: usize, see
         },
         cmd("report"),
     ));
-    for mode in [Mode::File, Mode::Sharded, Mode::ShardedReplace, Mode::Manager, Mode::ManagerSharded] {
+    for mode in [Mode::File, Mode::ShardedReplace, Mode::Manager, Mode::ManagerSharded] {
         let name = mode.name();
         let what = format!("power loss after any operation of a traced {name} save (modelled)");
         let result = if powerloss::available() {

@@ -12,13 +12,18 @@ fn exe() -> &'static Path {
 
 #[test]
 fn sigkill_during_saves_loses_nothing() {
-    for (mode, seed) in [(Mode::File, 11), (Mode::Sharded, 12), (Mode::Manager, 13), (Mode::ManagerSharded, 14)] {
+    let mut left_by_kills = 0;
+    for (mode, seed) in [(Mode::File, 11), (Mode::Manager, 13), (Mode::ManagerSharded, 14)] {
         let dir = tempfile::tempdir().unwrap();
         let r = crash::campaign(exe(), mode, dir.path(), 12, 120, seed).unwrap();
         assert!(r.is_clean(), "{mode:?}: {r:#?}");
         assert_eq!(r.kills, 12);
         assert!(r.latest_ok >= 6, "{mode:?}: too few kills landed after a save: {r:#?}");
+        assert!(r.logged_commits > 0, "{mode:?}: {r:#?}");
+        left_by_kills += r.leftovers_seen;
     }
+    // Kills landed inside saves (they left temporary files, which the library then removed).
+    assert!(left_by_kills > 0, "no kill landed during a save");
 }
 
 #[test]
@@ -51,6 +56,14 @@ fn faults_leave_the_previous_checkpoint_and_no_mess() {
     all.extend(faults::vanished_directory(base.path()).unwrap());
     for f in &all {
         assert!(f.is_clean(), "{f:#?}");
+        if !f.ran {
+            // The full and read-only filesystems are tmpfs mounts: root (as in CI) or skipped.
+            assert!(
+                std::env::var_os("SAFECKPT_REQUIRE_MOUNT").is_none(),
+                "SAFECKPT_REQUIRE_MOUNT is set but this fault could not be set up: {f:#?}"
+            );
+            eprintln!("skipped: {} (mounting a tmpfs needs root)", f.fault);
+        }
     }
     assert!(all[0].error.contains("File too large"), "{:#?}", all[0]);
 }
@@ -105,13 +118,8 @@ fn power_loss_after_any_operation_loses_nothing() {
         eprintln!("skipped: strace not installed");
         return;
     }
-    for (mode, seed) in [
-        (Mode::File, 21),
-        (Mode::Sharded, 22),
-        (Mode::ShardedReplace, 27),
-        (Mode::Manager, 23),
-        (Mode::ManagerSharded, 26),
-    ] {
+    for (mode, seed) in [(Mode::File, 21), (Mode::ShardedReplace, 27), (Mode::Manager, 23), (Mode::ManagerSharded, 26)]
+    {
         let r = powerloss::campaign(exe(), mode, 3, seed).unwrap();
         assert!(r.is_clean(), "{mode:?}: {r:#?}");
         assert!(r.new_checkpoint > 0 && r.previous_checkpoint > 0, "{mode:?}: {r:#?}");
