@@ -65,7 +65,7 @@ pub use checkpoint::{
     checkpoint_metadata, load_checkpoint, read_train_state, save_checkpoint,
 };
 pub use error::{CandleError, Result};
-pub use manager::{CheckpointManager, Fence, KeepBest, Ledger, LedgerEntry, ManagerOptions, Mode, Resumed};
+pub use manager::{CheckpointManager, Fence, FenceHold, KeepBest, Ledger, LedgerEntry, ManagerOptions, Mode, Resumed};
 #[cfg(feature = "object-store")]
 pub use safeckpt_store as store;
 pub use state_dict::{

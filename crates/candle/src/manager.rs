@@ -178,34 +178,49 @@ impl Ledger {
 }
 
 /// Blocks an optimizer step while an asynchronous save is still copying the variables.
+///
+/// [`CheckpointManager::fence`] gives the manager's fence to optimizers (`set_fence`); a fence of
+/// your own ([`Fence::default`]) can guard a snapshot you take yourself: [`Fence::hold`] closes it
+/// until the returned guard is dropped.
 #[derive(Debug, Clone, Default)]
 pub struct Fence {
-    inner: Arc<(Mutex<bool>, Condvar)>,
+    inner: Arc<(Mutex<usize>, Condvar)>,
 }
 
 impl Fence {
     /// Waits until no snapshot is being taken.
     pub fn wait(&self) {
         let (lock, cv) = &*self.inner;
-        let mut busy = lock.lock().unwrap_or_else(|p| p.into_inner());
-        while *busy {
-            busy = cv.wait(busy).unwrap_or_else(|p| p.into_inner());
+        let mut holders = lock.lock().unwrap_or_else(|p| p.into_inner());
+        while *holders > 0 {
+            holders = cv.wait(holders).unwrap_or_else(|p| p.into_inner());
         }
     }
 
-    fn set(&self, busy: bool) {
-        let (lock, cv) = &*self.inner;
-        *lock.lock().unwrap_or_else(|p| p.into_inner()) = busy;
-        cv.notify_all();
+    /// Whether the fence is closed (someone holds it).
+    pub fn is_closed(&self) -> bool {
+        *self.inner.0.lock().unwrap_or_else(|p| p.into_inner()) > 0
+    }
+
+    /// Closes the fence until the returned guard is dropped (also when a thread holding it fails
+    /// or panics). Holds nest: the fence opens when the last one is dropped.
+    pub fn hold(&self) -> FenceHold {
+        *self.inner.0.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        FenceHold(self.clone())
     }
 }
 
-/// Clears the fence even if the background thread fails or panics.
-struct FenceGuard(Fence);
+/// Keeps a [`Fence`] closed while it lives.
+#[derive(Debug)]
+#[must_use = "the fence opens again when the hold is dropped"]
+pub struct FenceHold(Fence);
 
-impl Drop for FenceGuard {
+impl Drop for FenceHold {
     fn drop(&mut self) {
-        self.0.set(false);
+        let (lock, cv) = &*self.0.inner;
+        let mut holders = lock.lock().unwrap_or_else(|p| p.into_inner());
+        *holders = holders.saturating_sub(1);
+        cv.notify_all();
     }
 }
 
@@ -864,8 +879,9 @@ impl CheckpointManager {
         let total: u64 = vars.iter().map(|(_, v)| (v.elem_count() * v.dtype().size_in_bytes()) as u64).sum();
         let source = SnapshotSource::new(vars, opt, state);
         let shared = Arc::clone(&self.shared);
-        let fence = self.fence.clone();
-        fence.set(true);
+        // Closed before the thread starts (so the caller's next step waits), opened by the thread
+        // once the bytes are written, or when the thread fails to start.
+        let hold = self.fence.hold();
         let step = state.step;
         let entry_state = state.clone();
         let target_file = self.target(step, false);
@@ -880,7 +896,7 @@ impl CheckpointManager {
                 let tmp_dir = dir.join(temp_dir_name(&file_name(step)));
                 // Phase 1, fenced: every byte written from the live variables and optimizer
                 // buffers; then the fence opens and training may modify them again.
-                let guard = FenceGuard(fence);
+                let guard = hold;
                 let pending = if sharded {
                     let _ = std::fs::remove_dir_all(&tmp_dir);
                     source.write_pending(&tmp_dir, &opts)?

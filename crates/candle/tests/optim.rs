@@ -129,3 +129,44 @@ fn match_pytorch_trajectories() {
         assert_eq!(u, 0, "{f}: {u} ulp from PyTorch (the updates are meant to be bit-identical)");
     }
 }
+
+/// An optimizer given a fence waits on it before it modifies any variable: while the fence is
+/// held (as an asynchronous save holds it until its bytes are written) a step does not start,
+/// and it runs as soon as the fence opens.
+#[test]
+fn an_optimizer_step_waits_for_the_save_fence() {
+    fn check<O: StatefulOptimizer + Send>(
+        name: &str,
+        make: impl Fn(Vec<(String, Var)>) -> O,
+        step: impl Fn(&mut O, &GradStore) + Sync,
+    ) {
+        let w = Var::from_vec(vec![1.0f32, 2.0, 3.0, 4.0], 4, &Device::Cpu).unwrap();
+        let mut opt = make(vec![("w".to_string(), w.clone())]);
+        let mut grads = GradStore::default();
+        grads.insert(w.as_tensor(), Tensor::new(&[1.0f32, 1.0, 1.0, 1.0], &Device::Cpu).unwrap());
+        let fence = safeckpt_candle::Fence::default();
+        opt.set_fence(Some(fence.clone()));
+        let before = values(w.as_tensor());
+        let hold = fence.hold();
+        assert!(fence.is_closed());
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                step(&mut opt, &grads);
+                tx.send(()).unwrap();
+            });
+            // Held: the step has not run (nor touched the variable) half a second later.
+            assert!(
+                rx.recv_timeout(std::time::Duration::from_millis(500)).is_err(),
+                "{name}: the step ran while the fence was held"
+            );
+            assert_eq!(values(w.as_tensor()), before, "{name}: a variable changed under a held fence");
+            drop(hold);
+            assert!(!fence.is_closed());
+            rx.recv_timeout(std::time::Duration::from_secs(60)).expect("the step never ran after the fence opened");
+        });
+        assert_ne!(values(w.as_tensor()), before, "{name}: the step did not update the variable");
+    }
+    check("AdamW", |v| AdamW::new_named(v, ParamsAdamW::adamw(0.1)).unwrap(), |o, g| o.step_grads(g).unwrap());
+    check("SGD", |v| Sgd::new_named(v, ParamsSgd::new(0.1)).unwrap(), |o, g| o.step_grads(g).unwrap());
+}
