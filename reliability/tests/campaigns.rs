@@ -6,6 +6,13 @@ use std::path::Path;
 use safeckpt_reliability::crash::Mode;
 use safeckpt_reliability::{concurrency, corrupt, crash, faults, hostile, syscalls};
 
+/// Says what was not run, on the terminal itself (past the test harness's capture), so that a
+/// plain `cargo test` shows it.
+fn skipped(what: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "SKIPPED: {what}");
+}
+
 fn exe() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_safeckpt-reliability"))
 }
@@ -62,7 +69,7 @@ fn faults_leave_the_previous_checkpoint_and_no_mess() {
                 std::env::var_os("SAFECKPT_REQUIRE_MOUNT").is_none(),
                 "SAFECKPT_REQUIRE_MOUNT is set but this fault could not be set up: {f:#?}"
             );
-            eprintln!("skipped: {} (mounting a tmpfs needs root)", f.fault);
+            skipped(&format!("{} (mounting a tmpfs needs root; CI runs as root)", f.fault));
         }
     }
     assert!(all[0].error.contains("File too large"), "{:#?}", all[0]);
@@ -84,7 +91,7 @@ fn a_durable_save_flushes_before_and_after_the_rename() {
     let r = syscalls::durable_save_order(exe(), dir.path()).unwrap();
     if !r.available {
         assert!(std::env::var_os("SAFECKPT_REQUIRE_STRACE").is_none(), "strace is required but missing");
-        eprintln!("skipped: strace not installed");
+        skipped("a_durable_save_flushes_before_and_after_the_rename (strace not installed; CI installs it)");
         return;
     }
     assert!(r.ordered, "{r:#?}");
@@ -115,7 +122,7 @@ fn power_loss_after_any_operation_loses_nothing() {
     use safeckpt_reliability::powerloss::{self, Mutation};
     if !powerloss::available() {
         assert!(std::env::var_os("SAFECKPT_REQUIRE_STRACE").is_none(), "strace is required but not installed");
-        eprintln!("skipped: strace not installed");
+        skipped("power_loss_after_any_operation_loses_nothing (strace not installed; CI installs it)");
         return;
     }
     for (mode, seed) in [(Mode::File, 21), (Mode::ShardedReplace, 27), (Mode::Manager, 23), (Mode::ManagerSharded, 26)]

@@ -1,5 +1,6 @@
 //! Integration tests for safeckpt-candle.
 
+mod candle_loaders;
 mod checkpoint;
 mod common;
 mod manager;

@@ -52,7 +52,12 @@ fn python_available() -> bool {
 #[test]
 fn python_reads_our_files_identically() {
     if !python_available() {
-        eprintln!("skipped: python3 with safetensors and numpy not found");
+        // Past the harness's capture, so that a plain `cargo test` shows it.
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED (python3 with safetensors and numpy not found; CI installs them): python_reads_our_files_identically"
+        );
         return;
     }
     let tensors: Vec<T> = [

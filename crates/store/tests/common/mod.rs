@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+use std::io::Write;
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -43,7 +44,13 @@ impl Server {
     pub fn start() -> Option<Server> {
         let Some(exe) = binary() else {
             assert!(std::env::var_os("SAFECKPT_REQUIRE_S3").is_none(), "s3s-fs is required but not installed");
-            eprintln!("skipped: s3s-fs not installed (cargo install s3s-fs@0.14.1 --locked --features binary)");
+            // Written to the terminal directly, past the test harness's capture, so that a plain
+            // `cargo test` shows what it did not run.
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIPPED (s3s-fs not installed; CI installs it: cargo install s3s-fs@0.14.1 --locked --features binary): {}",
+                std::thread::current().name().unwrap_or("a test")
+            );
             return None;
         };
         let root = tempfile::tempdir().unwrap();
