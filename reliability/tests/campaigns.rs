@@ -10,7 +10,7 @@ use safeckpt_reliability::{concurrency, corrupt, crash, faults, hostile, syscall
 /// plain `cargo test` shows it.
 fn skipped(what: &str) {
     use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "SKIPPED: {what}");
+    let _ = std::io::stderr().write_all(format!("SKIPPED: {what}\n").as_bytes());
 }
 
 fn exe() -> &'static Path {

@@ -54,9 +54,8 @@ fn python_reads_our_files_identically() {
     if !python_available() {
         // Past the harness's capture, so that a plain `cargo test` shows it.
         use std::io::Write;
-        let _ = writeln!(
-            std::io::stderr(),
-            "SKIPPED (python3 with safetensors and numpy not found; CI installs them): python_reads_our_files_identically"
+        let _ = std::io::stderr().write_all(
+            b"SKIPPED (python3 with safetensors and numpy not found; CI installs them): python_reads_our_files_identically\n",
         );
         return;
     }

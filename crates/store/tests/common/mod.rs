@@ -46,11 +46,11 @@ impl Server {
             assert!(std::env::var_os("SAFECKPT_REQUIRE_S3").is_none(), "s3s-fs is required but not installed");
             // Written to the terminal directly, past the test harness's capture, so that a plain
             // `cargo test` shows what it did not run.
-            let _ = writeln!(
-                std::io::stderr(),
-                "SKIPPED (s3s-fs not installed; CI installs it: cargo install s3s-fs@0.14.1 --locked --features binary): {}",
+            let line = format!(
+                "SKIPPED (s3s-fs not installed; CI installs it: cargo install s3s-fs@0.14.1 --locked --features binary): {}\n",
                 std::thread::current().name().unwrap_or("a test")
             );
+            let _ = std::io::stderr().write_all(line.as_bytes());
             return None;
         };
         let root = tempfile::tempdir().unwrap();
