@@ -189,3 +189,42 @@ fn the_builders_take_urls() {
     };
     assert_eq!(e.to_string().matches("absent.safetensors").count(), 1, "{e}");
 }
+
+/// A model downloaded by `huggingface_hub` or `hf-hub`: `snapshots/<rev>/` holds symbolic links
+/// to `../../blobs/<hash>`. Both builders open the snapshot (directory or index) and read every
+/// tensor, whole and by tensor-parallel block.
+#[test]
+fn builders_open_a_huggingface_hub_cache_snapshot() {
+    let src = tempfile::tempdir().unwrap();
+    let tensors: Vec<_> = model().iter().map(|(n, t, _)| (*n, raw(t))).collect();
+    let opts = WriteOptions::new().fsync(false);
+    safeckpt_writer::write_sharded(src.path(), "model", &tensors, None, 400, &opts, &|_| {}).unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let repo = cache.path().join("models--org--tiny");
+    let snap = repo.join("snapshots/3f2a9c1e0b7d4a6f8e5c2b1a0d9e8f7c6b5a4e3d");
+    std::fs::create_dir_all(repo.join("blobs")).unwrap();
+    std::fs::create_dir_all(&snap).unwrap();
+    let mut files = 0;
+    for (i, e) in std::fs::read_dir(src.path()).unwrap().enumerate() {
+        let p = e.unwrap().path();
+        let blob = format!("{:064x}", 0x5eed_0000 + i);
+        std::fs::copy(&p, repo.join("blobs").join(&blob)).unwrap();
+        std::os::unix::fs::symlink(format!("../../blobs/{blob}"), snap.join(p.file_name().unwrap())).unwrap();
+        files += 1;
+    }
+    assert!(files > 2, "a sharded set: {files} files");
+    let index = snap.join("model.safetensors.index.json");
+    for at in [snap.clone(), index.clone()] {
+        let vb = var_builder(&at, DType::F32, &Device::Cpu).unwrap();
+        for (name, t, _) in model() {
+            if t.dtype() == DType::F32 {
+                let got = vb.get(t.dims(), name).unwrap();
+                assert_eq!(bytes_of(&got), bytes_of(&t), "{name} via {}", at.display());
+            }
+        }
+    }
+    let vb = sharded_var_builder(&index, DType::F32, &Device::Cpu).unwrap();
+    let block = vb.get_with_hints((4, 12), "w", Shard { dim: 0, rank: 1, world_size: 2 }).unwrap();
+    let want = model()[0].1.narrow(0, 4, 4).unwrap();
+    assert_eq!(bytes_of(&block), bytes_of(&want));
+}

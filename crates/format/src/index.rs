@@ -56,7 +56,7 @@ fn unique_map<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<BTreeMap<S
 }
 
 impl ShardIndex {
-    /// Parses an index and checks that every shard path is a safe relative path.
+    /// Parses an index and checks that every shard is a plain file name ([`check_shard_name`]).
     pub fn parse(bytes: &[u8]) -> Result<ShardIndex> {
         if bytes.len() as u64 > MAX_INDEX_LEN {
             return Err(FormatError::BadIndex {
@@ -66,7 +66,7 @@ impl ShardIndex {
         let index: ShardIndex =
             serde_json::from_slice(bytes).map_err(|e| FormatError::BadIndex { reason: e.to_string() })?;
         for (name, shard) in &index.weight_map {
-            check_relative_path(shard).map_err(|reason| FormatError::BadIndex {
+            check_shard_name(shard).map_err(|reason| FormatError::BadIndex {
                 reason: format!("tensor `{name}` points at `{shard}`: {reason}"),
             })?;
         }
@@ -108,30 +108,26 @@ pub fn shard_file_name(prefix: &str, k: usize, n: usize) -> String {
     format!("{prefix}-{k:05}-of-{n:05}.safetensors")
 }
 
-/// Checks that a shard path stays inside the index's directory: relative, no `..`, no root or
-/// drive prefix, no empty components, no backslashes or NUL.
-pub fn check_relative_path(p: &str) -> std::result::Result<(), &'static str> {
+/// Checks that a shard is named by a plain file name in the index's directory, as every writer of
+/// sharded sets (transformers, huggingface_hub, safeckpt) names them: not empty, no `/` or `\`
+/// separator, not `.` or `..`, no drive prefix, no NUL. The file itself may be a symbolic link
+/// (the HuggingFace hub cache links every snapshot file to a blob elsewhere); readers open it
+/// wherever it points.
+pub fn check_shard_name(p: &str) -> std::result::Result<(), &'static str> {
     if p.is_empty() {
-        return Err("empty path");
+        return Err("empty file name");
     }
     if p.contains('\0') {
-        return Err("path contains NUL");
+        return Err("the name contains NUL");
     }
-    if p.contains('\\') {
-        return Err("path contains a backslash");
+    if p.contains('/') || p.contains('\\') {
+        return Err("not a plain file name (it has a path separator)");
     }
-    if p.starts_with('/') {
-        return Err("absolute path");
+    if p == "." || p == ".." {
+        return Err("not a file name");
     }
     if p.len() >= 2 && p.as_bytes().get(1) == Some(&b':') {
-        return Err("path has a drive prefix");
-    }
-    for comp in p.split('/') {
-        match comp {
-            "" => return Err("path has an empty component"),
-            ".." => return Err("path leaves the index's directory"),
-            _ => {}
-        }
+        return Err("the name has a drive prefix");
     }
     Ok(())
 }
@@ -170,6 +166,11 @@ mod tests {
         }
         let dup = ShardIndex::parse(br#"{"weight_map":{"a":"s1","a":"s2"}}"#).unwrap_err();
         assert!(dup.to_string().contains("listed twice"), "{dup}");
-        assert!(ShardIndex::parse(br#"{"weight_map":{"a":"sub/dir/s1.safetensors"}}"#).is_ok());
+        for bad in ["sub/dir/s1.safetensors", "./s1.safetensors", ".", "..", "a/", "s1\u{0}.safetensors"] {
+            let text = serde_json::json!({"weight_map": {"a": bad}}).to_string();
+            let e = ShardIndex::parse(text.as_bytes()).unwrap_err();
+            assert!(e.to_string().contains("points at"), "{bad}: {e}");
+        }
+        assert!(ShardIndex::parse(br#"{"weight_map":{"a":"model-00001-of-00002.safetensors"}}"#).is_ok());
     }
 }

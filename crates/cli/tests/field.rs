@@ -1,0 +1,90 @@
+//! Files and folders as the field makes them: the HuggingFace hub cache, headers of every length,
+//! real conversions compared, and the CLI's conventions.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_safeckpt"))
+}
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
+}
+
+fn run(args: &[&str]) -> Output {
+    bin().args(args).output().unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// Moves every file of `src` into a HuggingFace hub cache under `root`, as `huggingface_hub`
+/// leaves a download: `models--org--name/blobs/<hash>` holds the bytes and
+/// `snapshots/<revision>/<file name>` is a symbolic link to `../../blobs/<hash>`. Returns the
+/// snapshot directory.
+fn hub_cache(root: &Path, src: &Path) -> PathBuf {
+    let repo = root.join("models--org--name");
+    let snap = repo.join("snapshots/9d6b2f3c1a0e8d7c6b5a4f3e2d1c0b9a8f7e6d5c");
+    std::fs::create_dir_all(repo.join("blobs")).unwrap();
+    std::fs::create_dir_all(&snap).unwrap();
+    for (i, e) in std::fs::read_dir(src).unwrap().enumerate() {
+        let p = e.unwrap().path();
+        let blob = format!("{:064x}", 0xb10b_0000_u64 + i as u64);
+        std::fs::rename(&p, repo.join("blobs").join(&blob)).unwrap();
+        std::os::unix::fs::symlink(format!("../../blobs/{blob}"), snap.join(p.file_name().unwrap())).unwrap();
+    }
+    snap
+}
+
+#[test]
+fn every_command_reads_a_huggingface_hub_cache_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = fixtures().join("pytorch/checkpoint_adam.pth");
+    let one = dir.path().join("one.safetensors");
+    assert!(run(&["convert", s(&src), s(&one), "-q", "--no-fsync"]).status.success());
+    // A sharded snapshot and a single-file one.
+    let staged = dir.path().join("staged");
+    let o = run(&["convert", s(&src), s(&staged), "--max-shard-size", "8KB", "-q", "--no-fsync"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let sharded = hub_cache(&dir.path().join("hub"), &staged);
+    let single_src = dir.path().join("single");
+    std::fs::create_dir(&single_src).unwrap();
+    std::fs::copy(&one, single_src.join("model.safetensors")).unwrap();
+    let single = hub_cache(&dir.path().join("hub1"), &single_src);
+    assert!(std::fs::symlink_metadata(sharded.join("model.safetensors.index.json")).unwrap().is_symlink());
+
+    for snap in [&sharded, &single] {
+        let index = snap.join("model.safetensors.index.json");
+        let target = if index.exists() { index } else { snap.join("model.safetensors") };
+        for at in [snap.clone(), target] {
+            let o = run(&["inspect", s(&at)]);
+            assert!(o.status.success(), "inspect {}: {}", at.display(), text(&o));
+            assert!(text(&o).contains("model_state_dict.fc1.weight"), "{}", text(&o));
+            let o = run(&["verify", s(&at), "-q"]);
+            assert_eq!(o.status.code(), Some(0), "verify {}: {}", at.display(), text(&o));
+            let o = run(&["diff", s(&at), s(&one)]);
+            assert_eq!(o.status.code(), Some(0), "diff {}: {}", at.display(), text(&o));
+            let merged = dir.path().join("merged.safetensors");
+            let o = run(&["merge", s(&at), "-o", s(&merged), "--force", "-q", "--no-fsync"]);
+            assert!(o.status.success(), "merge {}: {}", at.display(), text(&o));
+            assert_eq!(run(&["diff", s(&merged), s(&one)]).status.code(), Some(0));
+        }
+    }
+    // A link whose name is plain is followed; a name with a separator is still refused.
+    let evil = dir.path().join("evil");
+    std::fs::create_dir(&evil).unwrap();
+    std::fs::write(
+        evil.join("model.safetensors.index.json"),
+        r#"{"metadata":{},"weight_map":{"a":"../one.safetensors"}}"#,
+    )
+    .unwrap();
+    let o = run(&["inspect", s(&evil.join("model.safetensors.index.json"))]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("not a plain file name"), "{}", text(&o));
+}
