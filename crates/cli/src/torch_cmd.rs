@@ -5,6 +5,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::Result;
+use safeckpt_format::FileKind;
 use safeckpt_torch::{ArchiveFormat, CastTo, ConvertOptions, TorchArchive, TorchError};
 use safeckpt_writer::WriteOptions;
 use serde_json::json;
@@ -13,16 +14,25 @@ use crate::util::{
     EXIT_BAD_INPUT, EXIT_FAILURE, Exit, human_bytes, human_duration, natural_cmp, printable, progress_bar, thousands,
 };
 
-/// Whether a file looks like a PyTorch file rather than safetensors (by its first bytes).
+/// Whether a file is a PyTorch file (a zip archive or a legacy pickle) rather than safetensors,
+/// judged by its structure ([`safeckpt_format::detect`]): a safetensors file whose header length
+/// happens to begin with `0x80` or `PK` is still safetensors.
 pub fn is_torch_file(path: &Path) -> bool {
+    use safeckpt_format::detect::{HEAD_LEN, TAIL_LEN};
+    use std::io::{Read, Seek, SeekFrom};
     // Only a regular file is sniffed: opening a FIFO would block, and a device is no file.
-    if !std::fs::metadata(path).is_ok_and(|m| m.is_file()) {
+    let Ok(meta) = std::fs::metadata(path) else { return false };
+    if !meta.is_file() {
         return false;
     }
-    let mut head = [0u8; 4];
     let Ok(mut f) = std::fs::File::open(path) else { return false };
-    let n = std::io::Read::read(&mut f, &mut head).unwrap_or(0);
-    n >= 2 && (head.starts_with(b"PK\x03\x04") || head[0] == 0x80)
+    let mut head = Vec::with_capacity(HEAD_LEN);
+    let mut tail = Vec::with_capacity(TAIL_LEN);
+    let len = meta.len();
+    let read = (&mut f).take(HEAD_LEN as u64).read_to_end(&mut head).is_ok()
+        && f.seek(SeekFrom::Start(len.saturating_sub(TAIL_LEN as u64))).is_ok()
+        && f.take(TAIL_LEN as u64).read_to_end(&mut tail).is_ok();
+    read && matches!(safeckpt_format::detect(&head, &tail, len), FileKind::Zip | FileKind::Pickle)
 }
 
 /// Maps importer errors to the CLI's exit codes.

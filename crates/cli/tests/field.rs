@@ -88,3 +88,47 @@ fn every_command_reads_a_huggingface_hub_cache_snapshot() {
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("not a plain file name"), "{}", text(&o));
 }
+
+/// A valid safetensors file whose header is exactly `len` bytes (padded with spaces, as the
+/// format allows): one U8 tensor when it fits, else no tensor.
+fn safetensors_with_header_len(len: usize) -> Vec<u8> {
+    let with_tensor = r#"{"t":{"dtype":"U8","shape":[3],"data_offsets":[0,3]}}"#;
+    let (json, data): (&str, &[u8]) = if with_tensor.len() <= len { (with_tensor, b"abc") } else { ("{}", b"") };
+    let mut file = (len as u64).to_le_bytes().to_vec();
+    file.extend_from_slice(json.as_bytes());
+    file.resize(8 + len, b' ');
+    file.extend_from_slice(data);
+    file
+}
+
+/// The kind of a file is decided by its structure, not its first byte: a header length that
+/// begins with 0x80 (a pickle's first byte; one length in 32) or with `PK` (19,280) is still a
+/// safetensors file to `inspect` and `diff`, and `convert` says it is one already.
+#[test]
+fn every_header_length_is_read_as_safetensors() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut lens: Vec<usize> = (8..=2048).step_by(8).collect();
+    lens.push(19_280);
+    assert_eq!(&19_280u64.to_le_bytes()[..2], b"PK");
+    let mut looked_like_pickles = 0;
+    for len in lens {
+        let bytes = safetensors_with_header_len(len);
+        looked_like_pickles += usize::from(bytes[0] == 0x80);
+        safetensors::SafeTensors::deserialize(&bytes)
+            .unwrap_or_else(|e| panic!("{len}: the reference refuses it: {e}"));
+        let f = dir.path().join(format!("h{len}.safetensors"));
+        std::fs::write(&f, &bytes).unwrap();
+        let o = run(&["inspect", s(&f), "--json"]);
+        assert!(o.status.success(), "inspect, header of {len} bytes: {}", text(&o));
+        let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(doc["format"], "safetensors", "{len}: {doc}");
+        assert_eq!(doc["header_bytes"].as_u64(), Some(8 + len as u64), "{len}: {doc}");
+        let o = run(&["diff", s(&f), s(&f)]);
+        assert_eq!(o.status.code(), Some(0), "diff, header of {len} bytes: {}", text(&o));
+    }
+    assert_eq!(looked_like_pickles, 8);
+    let f = dir.path().join("h384.safetensors");
+    let o = run(&["convert", s(&f), s(&dir.path().join("out.safetensors"))]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("a safetensors file already"), "{}", text(&o));
+}

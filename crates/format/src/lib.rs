@@ -8,6 +8,7 @@
 //!   writer for the same tensors and at most one metadata key, deterministic beyond that;
 //! - [`integrity`]: the per-tensor and header checksums safeckpt records in `__metadata__`;
 //! - [`ShardIndex`]: HuggingFace `*.safetensors.index.json` files;
+//! - [`detect`]: what a file is (safetensors, a zip, a pickle), by its structure;
 //! - [`TensorSource`]: the trait writers take their input through.
 //!
 //! ```
@@ -27,6 +28,7 @@
 #![deny(missing_docs)]
 #![cfg_attr(not(test), deny(clippy::indexing_slicing))]
 
+pub mod detect;
 mod dtype;
 mod error;
 mod header;
@@ -43,6 +45,7 @@ pub mod split;
 
 use std::borrow::Cow;
 
+pub use detect::{FileKind, detect};
 pub use dtype::{Dtype, UnknownDtype, numel};
 pub use error::{FormatError, Result};
 pub use header::{Header, LEN_PREFIX, MAX_HEADER_LEN, METADATA_KEY, Metadata, TensorInfo, read_header_len};

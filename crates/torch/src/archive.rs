@@ -260,6 +260,14 @@ impl TorchArchive {
     fn from_mapped(file: MappedFile) -> Result<TorchArchive> {
         let bytes = file.bytes();
         let path = file.path().to_path_buf();
+        let tail = bytes.get(bytes.len().saturating_sub(safeckpt_format::detect::TAIL_LEN)..).unwrap_or_default();
+        if safeckpt_format::detect(bytes, tail, bytes.len() as u64) == safeckpt_format::FileKind::Safetensors {
+            // Checked first: a header length can begin with the bytes of a zip or a pickle.
+            return Err(TorchError::NotTorch {
+                path,
+                reason: "a safetensors file already (use `safeckpt inspect`)".into(),
+            });
+        }
         if looks_like_zip(bytes) {
             let (format, arena, root, storages, big_endian, entries) = Self::parse_zip(&path, bytes)?;
             return Ok(Self::assemble(file, format, arena, root, storages, big_endian, entries));
