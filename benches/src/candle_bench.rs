@@ -5,7 +5,6 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use candle_core::safetensors::Load;
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarMap;
 use safeckpt_candle::optim::{AdamW, ParamsAdamW, StatefulOptimizer};
@@ -40,8 +39,9 @@ fn settle(p: &std::path::Path) {
     warm_memory(1536 << 20);
 }
 
-/// Save and load of a VarMap: safeckpt against candle's `VarMap::save` / `VarMap::load`, its
-/// `MmapedSafetensors` path, and a raw `write_all`.
+/// Save and load of a VarMap: safeckpt against candle's `VarMap::save` and a raw `write_all`;
+/// loads like with like: into existing variables against candle's `VarMap::load`, into new
+/// tensors against candle's `VarBuilder::from_mmaped_safetensors` (`MmapedSafetensors`).
 pub(crate) fn save_load(size_mib: usize, rounds: usize) -> Result<()> {
     let (vm, bytes) = varmap(size_mib)?;
     let dir = tempfile::Builder::new().prefix("safeckpt-bench-candle-").tempdir()?;
@@ -98,7 +98,7 @@ pub(crate) fn save_load(size_mib: usize, rounds: usize) -> Result<()> {
     };
     let mut cases = vec![
         case("candle VarMap::load (into existing variables)", child("candle-varmap")),
-        case("candle MmapedSafetensors path (new tensors)", child("candle-mmaped")),
+        case("candle VarBuilder::from_mmaped_safetensors + get (new tensors)", child("candle-mmaped")),
         case("safeckpt load_varmap (strict, into existing variables)", child("safeckpt-load-varmap")),
         case("safeckpt varmap_from_file (new variables)", child("safeckpt-new-varmap")),
     ];
@@ -110,8 +110,33 @@ pub(crate) fn save_load(size_mib: usize, rounds: usize) -> Result<()> {
         ),
         bytes,
         &results,
-        "candle MmapedSafetensors path (new tensors)",
+        "candle VarBuilder::from_mmaped_safetensors + get (new tensors)",
     );
+    let get =
+        |name: &str| results.iter().find(|r| r.0 == name).map(|r| (r.1.as_secs_f64(), r.2.as_secs_f64())).unwrap();
+    for (what, ours, theirs) in [
+        (
+            "into existing variables",
+            "safeckpt load_varmap (strict, into existing variables)",
+            "candle VarMap::load (into existing variables)",
+        ),
+        (
+            "new tensors",
+            "safeckpt varmap_from_file (new variables)",
+            "candle VarBuilder::from_mmaped_safetensors + get (new tensors)",
+        ),
+    ] {
+        let (o, t) = (get(ours), get(theirs));
+        println!(
+            "{what}: {ours} {:.3} s, {theirs} {:.3} s: speedup {:.2}x (median); minima {:.3} s, {:.3} s: {:.2}x",
+            o.0,
+            t.0,
+            t.0 / o.0,
+            o.1,
+            t.1,
+            t.1 / o.1
+        );
+    }
     Ok(())
 }
 
@@ -137,11 +162,14 @@ pub(crate) fn load_child(which: &str, p: &std::path::Path) -> Result<()> {
             (t, vm.all_vars().len())
         }
         "candle-mmaped" => {
+            // The names and shapes come from the model's code in a real program: listed untimed.
+            let names: Vec<(String, Vec<usize>)> =
+                r.tensors().map(|t| (t.name().to_string(), t.shape().to_vec())).collect();
             let (t, v) = timed(|| -> Result<Vec<Tensor>> {
-                // SAFETY-free equivalent of MmapedSafetensors::new + load(name) for every tensor.
-                let r = Reader::open(p)?;
-                let st = safetensors::SafeTensors::deserialize(r.bytes())?;
-                Ok(st.tensors().iter().map(|(_, v)| v.load(&Device::Cpu)).collect::<candle_core::Result<_>>()?)
+                // SAFETY: nothing modifies or truncates the file while it is mapped (this
+                // benchmark wrote it before starting this process and only reads it now).
+                let vb = unsafe { candle_nn::VarBuilder::from_mmaped_safetensors(&[p], DType::F32, &Device::Cpu)? };
+                Ok(names.iter().map(|(n, s)| vb.get(s.as_slice(), n)).collect::<candle_core::Result<_>>()?)
             });
             (t, v?.len())
         }
@@ -308,6 +336,239 @@ pub(crate) fn tensor_parallel(size_mib: usize, rounds: usize, world: usize) -> R
         bytes,
         &results,
         "candle ShardedSafeTensors path",
+    );
+    Ok(())
+}
+
+/// The model's variables by name, for the training loop's forward pass.
+struct Gpt {
+    t: std::collections::HashMap<String, Tensor>,
+    layers: usize,
+    d: usize,
+}
+
+impl Gpt {
+    fn new(vm: &VarMap) -> Gpt {
+        let data = vm.data().lock().unwrap();
+        let t: std::collections::HashMap<String, Tensor> =
+            data.iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect();
+        let layers = (0..).take_while(|i| t.contains_key(&format!("h.{i}.ln_1.weight"))).count();
+        let d = t["wte.weight"].dims()[1];
+        Gpt { t, layers, d }
+    }
+
+    fn w(&self, name: &str) -> &Tensor {
+        &self.t[name]
+    }
+
+    fn layer_norm(&self, x: &Tensor, p: &str) -> candle_core::Result<Tensor> {
+        let mean = x.mean_keepdim(1)?;
+        let xc = x.broadcast_sub(&mean)?;
+        let var = xc.sqr()?.mean_keepdim(1)?;
+        let xn = xc.broadcast_div(&(var + 1e-5)?.sqrt()?)?;
+        xn.broadcast_mul(self.w(&format!("{p}.weight")))?.broadcast_add(self.w(&format!("{p}.bias")))
+    }
+
+    fn linear(&self, x: &Tensor, p: &str) -> candle_core::Result<Tensor> {
+        x.matmul(self.w(&format!("{p}.weight")))?.broadcast_add(self.w(&format!("{p}.bias")))
+    }
+
+    /// One forward and backward pass over `ids` (a sequence of tokens): embeddings, per layer a
+    /// causal single-head attention and a GELU MLP (every weight matrix used), logits through
+    /// the tied embedding, cross-entropy against `targets`. Returns every variable's gradient.
+    fn forward_backward(
+        &self,
+        ids: &Tensor,
+        targets: &Tensor,
+        mask: &Tensor,
+    ) -> candle_core::Result<candle_core::backprop::GradStore> {
+        let n = ids.dims()[0];
+        let d = self.d;
+        let mut x = self.w("wte.weight").embedding(ids)?.add(&self.w("wpe.weight").narrow(0, 0, n)?)?;
+        for i in 0..self.layers {
+            let p = format!("h.{i}.");
+            let h = self.layer_norm(&x, &format!("{p}ln_1"))?;
+            let qkv = self.linear(&h, &format!("{p}attn.c_attn"))?;
+            let (q, k, v) = (qkv.narrow(1, 0, d)?, qkv.narrow(1, d, d)?, qkv.narrow(1, 2 * d, d)?);
+            let att = (q.matmul(&k.t()?)? / (d as f64).sqrt())?.broadcast_add(mask)?;
+            let y = candle_nn::ops::softmax(&att, 1)?.matmul(&v)?;
+            x = x.add(&self.linear(&y, &format!("{p}attn.c_proj"))?)?;
+            let h = self.layer_norm(&x, &format!("{p}ln_2"))?;
+            let m = self.linear(&h, &format!("{p}mlp.c_fc"))?.gelu()?;
+            x = x.add(&self.linear(&m, &format!("{p}mlp.c_proj"))?)?;
+        }
+        let logits = x.matmul(&self.w("wte.weight").t()?)?;
+        candle_nn::loss::cross_entropy(&logits, targets)?.backward()
+    }
+}
+
+/// How a training-loop variant checkpoints.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum SaveMode {
+    Async,
+    Sync,
+    Off,
+}
+
+/// What one run of the training loop measured.
+struct LoopRun {
+    total: Duration,
+    /// Time the loop could not compute because of checkpoints: synchronous saves, or
+    /// `save_async` calls plus fence waits before optimizer steps plus the final wait.
+    stalled: Duration,
+    /// Forward/backward time alone, summed over the steps.
+    compute: Duration,
+    /// Optimizer time alone (fence waits excluded), summed over the steps.
+    optim: Duration,
+}
+
+/// End to end: the wall time of a training loop of `steps` steps (forward and backward over the
+/// model, then an AdamW step that waits on the manager's fence) that checkpoints model + AdamW
+/// state (fsync on) every `every` steps, with asynchronous saves, with synchronous saves and with
+/// no saves, interleaved in this process.
+///
+/// Saves come before steps 0, `every`, 2 × `every`, ... (`steps / every` of them), so each is
+/// followed by `every` steps of training, as in the middle of a long run. The asynchronous
+/// variant ends with waiting for its last save to commit.
+pub(crate) fn train_loop(size_mib: usize, rounds: usize, steps: usize, every: usize, tokens: usize) -> Result<()> {
+    anyhow::ensure!(every > 0 && steps >= every && steps.is_multiple_of(every), "--steps must be a multiple of --every");
+    let (vm, bytes) = varmap(size_mib)?;
+    let vars = varmap_vars(&vm);
+    let gpt = Gpt::new(&vm);
+    anyhow::ensure!(tokens <= gpt.w("wpe.weight").dims()[0], "--tokens larger than the position table");
+    let mut opt = AdamW::new_named(vars.clone(), ParamsAdamW::adamw(1e-4))?;
+    let vocab = gpt.w("wte.weight").dims()[0] as u64;
+    let mut seed = 0x2545f4914f6cdd1du64;
+    let mut next = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        (seed % vocab) as u32
+    };
+    let ids = Tensor::from_vec((0..tokens).map(|_| next()).collect::<Vec<u32>>(), tokens, &Device::Cpu)?;
+    let targets = Tensor::from_vec((0..tokens).map(|_| next()).collect::<Vec<u32>>(), tokens, &Device::Cpu)?;
+    let mask: Vec<f32> = (0..tokens * tokens).map(|i| if i % tokens > i / tokens { -1e9 } else { 0.0 }).collect();
+    let mask = Tensor::from_vec(mask, (tokens, tokens), &Device::Cpu)?;
+    // One step first, so the optimizer has its state (two moments per parameter) to save.
+    opt.step_grads(&gpt.forward_backward(&ids, &targets, &mask)?)?;
+
+    let dir = tempfile::Builder::new().prefix("safeckpt-bench-train-").tempdir()?;
+    let manager_opts = || ManagerOptions {
+        keep_last: 1,
+        checkpoint: CheckpointOptions { write: WriteOptions::new(), max_shard_size: None },
+        ..Default::default()
+    };
+    let mut managers = [
+        CheckpointManager::open(dir.path().join("async"), manager_opts())?,
+        CheckpointManager::open(dir.path().join("sync"), manager_opts())?,
+    ];
+    let mut step_no = 0u64;
+    let mut run = |mode: SaveMode| -> Result<LoopRun> {
+        let fence = match mode {
+            SaveMode::Async => managers[0].fence(),
+            SaveMode::Sync => managers[1].fence(),
+            SaveMode::Off => Default::default(),
+        };
+        opt.set_fence(Some(fence.clone()));
+        let (mut stalled, mut compute, mut optim) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
+        let start = Instant::now();
+        for i in 0..steps {
+            step_no += 1;
+            if i.is_multiple_of(every) {
+                let state = TrainState::new(0, step_no);
+                let t = Instant::now();
+                match mode {
+                    SaveMode::Async => managers[0].save_async(&vars, Some(&opt), &state)?,
+                    SaveMode::Sync => drop(managers[1].save(&vars, Some(&opt), &state)?),
+                    SaveMode::Off => {}
+                }
+                stalled += t.elapsed();
+            }
+            let t = Instant::now();
+            let grads = gpt.forward_backward(&ids, &targets, &mask)?;
+            compute += t.elapsed();
+            let t = Instant::now();
+            fence.wait();
+            stalled += t.elapsed();
+            let t = Instant::now();
+            opt.step_grads(&grads)?;
+            optim += t.elapsed();
+        }
+        let t = Instant::now();
+        if mode == SaveMode::Async {
+            managers[0].wait()?;
+        }
+        stalled += t.elapsed();
+        let total = start.elapsed();
+        sync_all();
+        Ok(LoopRun { total, stalled, compute, optim })
+    };
+    let modes = [SaveMode::Async, SaveMode::Sync, SaveMode::Off];
+    let mut runs: Vec<Vec<LoopRun>> = (0..modes.len()).map(|_| Vec::new()).collect();
+    for r in 0..=rounds {
+        for k in 0..modes.len() {
+            let m = (k + r) % modes.len();
+            let got = run(modes[m])?;
+            if std::env::var_os("SAFECKPT_BENCH_VERBOSE").is_some() {
+                eprintln!(
+                    "round {r} {:?}: total {:.3} s, stalled {:.3} s, forward/backward {:.3} s, optimizer {:.3} s",
+                    modes[m],
+                    got.total.as_secs_f64(),
+                    got.stalled.as_secs_f64(),
+                    got.compute.as_secs_f64(),
+                    got.optim.as_secs_f64()
+                );
+            }
+            if r > 0 {
+                runs[m].push(got);
+            }
+        }
+    }
+    let med = |m: usize, f: &dyn Fn(&LoopRun) -> Duration| -> f64 {
+        let mut v: Vec<Duration> = runs[m].iter().map(f).collect();
+        v.sort();
+        v[v.len() / 2].as_secs_f64()
+    };
+    let min = |m: usize| runs[m].iter().map(|r| r.total).min().unwrap().as_secs_f64();
+    let saves = steps / every;
+    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+    println!(
+        "\n## training loop, end to end: {steps} steps of {tokens} tokens, model + AdamW state \
+         ({:.2} GiB per checkpoint, fsync on) saved every {every} steps ({saves} saves), median of {rounds}\n",
+        gib(3 * bytes)
+    );
+    println!("| variant | total (median) | min | stalled | forward/backward | optimizer | overhead vs no saves |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    let base = med(2, &|r| r.total);
+    let names = ["async saves (`save_async`)", "synchronous saves (`save`)", "no saves"];
+    for (m, name) in names.iter().enumerate() {
+        let tot = med(m, &|r| r.total);
+        let over = if m == 2 {
+            "-".to_string()
+        } else {
+            format!("{:+.3} s ({:+.1}%)", tot - base, 100.0 * (tot - base) / base)
+        };
+        println!(
+            "| {name} | {tot:.3} s | {:.3} s | {:.3} s | {:.3} s | {:.3} s | {over} |",
+            min(m),
+            med(m, &|r| r.stalled),
+            med(m, &|r| r.compute),
+            med(m, &|r| r.optim)
+        );
+    }
+    let (a, s) = (med(0, &|r| r.total) - base, med(1, &|r| r.total) - base);
+    println!();
+    println!(
+        "training between saves (no-save loop): {:.3} s; synchronous save: {:.3} s; ratio {:.2}",
+        base / saves as f64,
+        med(1, &|r| r.stalled) / saves as f64,
+        base / med(1, &|r| r.stalled)
+    );
+    println!(
+        "overhead per save: async {:.3} s, synchronous {:.3} s; async overhead / synchronous overhead: {:.0}%",
+        a / saves as f64,
+        s / saves as f64,
+        100.0 * a / s
     );
     Ok(())
 }

@@ -58,6 +58,19 @@ enum Scenario {
         #[arg(long, default_value_t = 1000)]
         compute_ms: u64,
     },
+    /// End to end: wall time of a training loop that checkpoints every few steps with async
+    /// saves, with synchronous saves and with none.
+    TrainLoop {
+        /// Training steps per run.
+        #[arg(long, default_value_t = 8)]
+        steps: usize,
+        /// Steps between checkpoints.
+        #[arg(long, default_value_t = 4)]
+        every: usize,
+        /// Tokens per step (the compute per step).
+        #[arg(long, default_value_t = 64)]
+        tokens: usize,
+    },
     /// Every scenario above.
     All,
     /// Convert a PyTorch file with one of the converters, in this process; prints the seconds the
@@ -147,6 +160,9 @@ fn main() -> Result<()> {
             Scenario::Candle => candle_bench::save_load(cli.size_mib, cli.rounds),
             Scenario::AsyncSave { compute_ms } => candle_bench::async_stall(cli.size_mib, cli.rounds, compute_ms),
             Scenario::Tp { world } => candle_bench::tensor_parallel(cli.size_mib, cli.rounds, world),
+            Scenario::TrainLoop { steps, every, tokens } => {
+                candle_bench::train_loop(cli.size_mib, cli.rounds, steps, every, tokens)
+            }
             Scenario::All
             | Scenario::LoadChild { .. }
             | Scenario::CandleLoadChild { .. }
@@ -167,6 +183,7 @@ fn main() -> Result<()> {
             Scenario::Candle,
             Scenario::Tp { world: 4 },
             Scenario::AsyncSave { compute_ms: 1000 },
+            Scenario::TrainLoop { steps: 8, every: 4, tokens: 64 },
         ] {
             run(s)?;
         }
