@@ -122,9 +122,14 @@ enum Command {
         a: PathBuf,
         /// Second file or index.
         b: PathBuf,
-        /// Largest absolute difference allowed between floating-point values (default: exact).
+        /// Absolute tolerance: values a, b are equal when |a-b| <= atol + rtol * |b| (numpy's
+        /// `allclose` rule). Floating-point values are compared as f64 across dtypes (a `--dtype
+        /// bf16` conversion against its source), integers as integers. Default: exact.
         #[arg(long, default_value_t = 0.0)]
         atol: f64,
+        /// Relative tolerance (see --atol). Default: exact.
+        #[arg(long, default_value_t = 0.0)]
+        rtol: f64,
         /// Compare `safeckpt.integrity` and creation times too (normally ignored: they differ
         /// between otherwise equal checkpoints).
         #[arg(long)]
@@ -255,9 +260,18 @@ fn run(cli: Cli) -> Result<i32> {
             demo::run(dir.as_deref(), &train::TrainArgs { epochs, stop_after_epoch, seed, quiet }, &store)?;
             Ok(EXIT_OK)
         }
-        Command::Diff { a, b, atol, all_metadata, json } => {
+        Command::Diff { a, b, atol, rtol, all_metadata, json } => {
+            for (flag, v) in [("--atol", atol), ("--rtol", rtol)] {
+                if !(v >= 0.0 && v.is_finite()) {
+                    return Err(util::Exit(
+                        util::EXIT_BAD_INPUT,
+                        format!("{flag} must be a finite number >= 0, not {v}"),
+                    )
+                    .into());
+                }
+            }
             let (la, lb) = (remote::local_input(&a, &store, true)?, remote::local_input(&b, &store, true)?);
-            diff::diff(&la.path, &lb.path, atol, all_metadata, json)
+            diff::diff(&la.path, &lb.path, diff::Tolerance { atol, rtol }, all_metadata, json)
         }
     }
 }

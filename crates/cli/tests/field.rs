@@ -132,3 +132,59 @@ fn every_header_length_is_read_as_safetensors() {
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("a safetensors file already"), "{}", text(&o));
 }
+
+/// A converted model with tied weights equals its source: the alias `convert` records (the
+/// HuggingFace way: `lm_head.weight` -> `embed.weight` in the metadata) is resolved, and an
+/// alias-free conversion (`--keep-aliases`) equals an aliased one.
+#[test]
+fn diff_resolves_tied_weights_recorded_as_aliases() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = fixtures().join("pytorch/tied.pth");
+    let (aliased, copies) = (dir.path().join("a.safetensors"), dir.path().join("b.safetensors"));
+    assert!(run(&["convert", s(&src), s(&aliased), "-q", "--no-fsync"]).status.success());
+    assert!(run(&["convert", s(&src), s(&copies), "--keep-aliases", "-q", "--no-fsync"]).status.success());
+    for (x, y) in [(&src, &aliased), (&aliased, &src), (&aliased, &copies), (&copies, &src)] {
+        let o = run(&["diff", s(x), s(y)]);
+        assert_eq!(o.status.code(), Some(0), "{} vs {}: {}", x.display(), y.display(), text(&o));
+        assert!(text(&o).contains("equal: 3 tensors"), "{}", text(&o));
+    }
+}
+
+/// Writes one tensor `t` of `dtype` holding `values` (little-endian bytes of each).
+fn one_tensor(path: &Path, dtype: safetensors::Dtype, bytes: Vec<u8>, n: usize) {
+    let view = safetensors::tensor::TensorView::new(dtype, vec![n], &bytes).unwrap();
+    safetensors::serialize_to_file([("t", view)], None, path).unwrap();
+}
+
+/// Integers are compared as integers (exactly, even past 2^53 where f64 cannot tell them apart),
+/// across integer widths; numpy's allclose rule applies to them too.
+#[test]
+fn diff_compares_integers_as_integers() {
+    let dir = tempfile::tempdir().unwrap();
+    let big = 1i64 << 60;
+    let i64s = |v: &[i64]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    let (a, b, c, d) = (
+        dir.path().join("a.safetensors"),
+        dir.path().join("b.safetensors"),
+        dir.path().join("c.safetensors"),
+        dir.path().join("d.safetensors"),
+    );
+    one_tensor(&a, safetensors::Dtype::I64, i64s(&[big, 7]), 2);
+    one_tensor(&b, safetensors::Dtype::I64, i64s(&[big + 1, 7]), 2);
+    let o = run(&["diff", s(&a), s(&b)]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains(&format!("element 0: {big} vs {}", big + 1)), "{}", text(&o));
+    assert_eq!(run(&["diff", s(&a), s(&b), "--atol", "1"]).status.code(), Some(0));
+    // I32 against I64 holding the same values: equal by value.
+    one_tensor(&c, safetensors::Dtype::I64, i64s(&[-3, 70_000]), 2);
+    one_tensor(&d, safetensors::Dtype::I32, [-3i32, 70_000].iter().flat_map(|x| x.to_le_bytes()).collect(), 2);
+    let o = run(&["diff", s(&c), s(&d)]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(text(&o).contains("1 tensor(s) compared by value across dtypes"), "{}", text(&o));
+    // An integer tensor against a float one is a layout difference, and bad tolerances are refused.
+    one_tensor(&d, safetensors::Dtype::F32, [-3f32, 7e4].iter().flat_map(|x| x.to_le_bytes()).collect(), 2);
+    let o = run(&["diff", s(&c), s(&d)]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("I64 [2] vs F32 [2]"), "{}", text(&o));
+    assert_eq!(run(&["diff", s(&c), s(&d), "--rtol", "-1"]).status.code(), Some(2));
+}
