@@ -259,6 +259,18 @@ pub fn var_builder(path: impl AsRef<Path>, dtype: DType, device: &Device) -> Res
     Ok(VarBuilder::from_backend(Box::new(SafeckptBackend::new(set)), dtype, device.clone()))
 }
 
+/// A `VarBuilder` over a model's safetensors files given as a list, as `hf-hub` download
+/// helpers return them and as candle's `VarBuilder::from_mmaped_safetensors` takes them: one
+/// namespace over all the files (a tensor in two of them is an error), memory-mapped.
+pub fn var_builder_from_files<P: AsRef<Path>>(
+    paths: &[P],
+    dtype: DType,
+    device: &Device,
+) -> Result<VarBuilder<'static>> {
+    let set = ShardedReader::open_files(paths)?;
+    Ok(VarBuilder::from_backend(Box::new(SafeckptBackend::new(set)), dtype, device.clone()))
+}
+
 /// A tensor-parallel `VarBuilder` (candle's `ShardedVarBuilder` contract) over a safetensors file,
 /// an index, or a directory holding one: each rank's `get_with_hints(.., Shard { .. })` reads only
 /// its block. With the `object-store` feature, also a URL (see [`remote_sharded_var_builder`]).

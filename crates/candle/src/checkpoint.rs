@@ -12,7 +12,7 @@ use safeckpt_writer::{
 };
 
 use crate::error::{CandleError, Result};
-use crate::optim::{StateEntry, StatefulOptimizer};
+use crate::optim::{StateEntry, StatefulOptimizer, require_names};
 use crate::state_dict::{LoadOptions, LoadReport, check_vars};
 use crate::tensor::{CandleSource, view_to_tensor};
 use crate::train_state::{CHECKPOINT_KEY, CHECKPOINT_VERSION, TRAIN_STATE_KEY, TrainState};
@@ -109,6 +109,9 @@ pub fn save_checkpoint(
     state: &TrainState,
     opts: &CheckpointOptions,
 ) -> Result<PathBuf> {
+    if let Some(o) = opt {
+        require_names(o)?;
+    }
     let names: Vec<String> = vars.iter().map(|(n, _)| format!("{MODEL_PREFIX}{n}")).collect();
     let state_entries: Vec<StateEntry> = opt.map(|o| o.state_snapshot()).unwrap_or_default();
     let mut sources: Vec<(String, Source<'_>)> = Vec::with_capacity(vars.len() + state_entries.len());
@@ -156,13 +159,17 @@ impl PendingCheckpoint {
 }
 
 impl SnapshotSource {
-    /// Takes handles (no copy).
-    pub fn new(vars: &[(String, Var)], opt: Option<&dyn StatefulOptimizer>, state: &TrainState) -> Self {
-        SnapshotSource {
+    /// Takes handles (no copy). Refuses an optimizer whose parameters are named by position
+    /// ([`require_names`]).
+    pub fn new(vars: &[(String, Var)], opt: Option<&dyn StatefulOptimizer>, state: &TrainState) -> Result<Self> {
+        if let Some(o) = opt {
+            require_names(o)?;
+        }
+        Ok(SnapshotSource {
             vars: vars.iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect(),
             state: opt.map(|o| o.state_snapshot()).unwrap_or_default(),
             metadata: checkpoint_metadata(opt, state),
-        }
+        })
     }
 
     /// Writes every byte straight from the variables' storage and the optimizer's buffers (no
@@ -260,12 +267,49 @@ pub fn load_checkpoint<'o>(
                 o.kind()
             )));
         }
+        require_names(&*o)?;
+        if strict {
+            // Every parameter has state, unless none has (a checkpoint from before the first
+            // step): a parameter without any is a sign of names that do not match.
+            let stored: Vec<&str> = set.global_names();
+            let has_state = |name: &str| {
+                let prefix = format!("{OPTIMIZER_PREFIX}state.{name}.");
+                stored.iter().any(|n| n.starts_with(&prefix))
+            };
+            let names = o.param_names();
+            let without: Vec<&String> = names.iter().filter(|n| !has_state(n)).collect();
+            if !without.is_empty() && without.len() < names.len() {
+                return Err(CandleError::OptimizerState(format!(
+                    "{}: no saved optimizer state for {} of {} parameters (first: `{}`); the optimizer's \
+                     parameter names do not match the checkpoint's",
+                    set.path().display(),
+                    without.len(),
+                    names.len(),
+                    without[0]
+                )));
+            }
+        }
+        let groups = match set.shards().first().and_then(|s| s.metadata()).and_then(|m| m.get(PARAM_GROUPS_KEY)) {
+            Some(text) => Some(serde_json::from_str::<serde_json::Value>(text).map_err(|e| {
+                CandleError::OptimizerState(format!("{}: `{PARAM_GROUPS_KEY}` is not JSON: {e}", set.path().display()))
+            })?),
+            None => None,
+        };
         let get = |name: &str| -> Option<Tensor> {
             let view = set.get(&format!("{OPTIMIZER_PREFIX}{name}"))?;
             view_to_tensor(&view, &candle_core::Device::Cpu, None).ok()
         };
-        // Validates all of the optimizer's state before assigning any of it.
-        o.load_state(&get)?;
+        // The hyper-parameters (learning rate, betas, …) as PyTorch restores them, then the
+        // state; each validated in full first, and the hyper-parameters put back if the state
+        // is refused.
+        let before = o.param_groups();
+        if let Some(g) = &groups {
+            o.load_param_groups(g)?;
+        }
+        if let Err(e) = o.load_state(&get) {
+            o.load_param_groups(&before)?;
+            return Err(e);
+        }
     }
     // One tensor at a time: the extra memory is one tensor, not the model.
     for (var, view) in plan {

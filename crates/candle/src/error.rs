@@ -73,6 +73,18 @@ impl CandleError {
 /// Result alias for this crate.
 pub type Result<T, E = CandleError> = std::result::Result<T, E>;
 
+/// So that `?` works in code returning `candle_core::Result` (a model's `forward`, a training
+/// loop): the error is carried whole (`candle_core::Error::Wrapped`), its message intact. A
+/// candle error that safeckpt passed on is handed back as it was.
+impl From<CandleError> for candle_core::Error {
+    fn from(e: CandleError) -> Self {
+        match e {
+            CandleError::Candle(inner) => inner,
+            other => candle_core::Error::wrap(other),
+        }
+    }
+}
+
 /// Storage errors: the object's URL as the path, the cause as the reason (not repeating the URL);
 /// a held lease as [`CandleError::Locked`] on the run's prefix.
 #[cfg(feature = "object-store")]

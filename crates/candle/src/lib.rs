@@ -57,7 +57,9 @@ mod state_dict;
 mod tensor;
 mod train_state;
 
-pub use backend::{RegionSource, SafeckptBackend, SafeckptShardedBackend, sharded_var_builder, var_builder};
+pub use backend::{
+    RegionSource, SafeckptBackend, SafeckptShardedBackend, sharded_var_builder, var_builder, var_builder_from_files,
+};
 #[cfg(feature = "object-store")]
 pub use backend::{remote_sharded_var_builder, remote_var_builder};
 pub use checkpoint::{
@@ -69,8 +71,8 @@ pub use manager::{CheckpointManager, Fence, FenceHold, KeepBest, Ledger, LedgerE
 #[cfg(feature = "object-store")]
 pub use safeckpt_store as store;
 pub use state_dict::{
-    LoadOptions, LoadReport, Mismatch, check_vars, load_varmap, load_vars, save_varmap, save_vars, varmap_from_file,
-    varmap_vars,
+    LoadOptions, LoadReport, Mismatch, check_vars, load, load_varmap, load_vars, save, save_varmap, save_vars,
+    varmap_from_file, varmap_vars,
 };
 pub use tensor::{CandleSource, bytes_to_tensor, to_candle, to_safetensors, view_to_tensor, view_to_var};
 pub use train_state::{CHECKPOINT_KEY, CHECKPOINT_VERSION, TRAIN_STATE_KEY, TrainState};

@@ -877,7 +877,7 @@ impl CheckpointManager {
     ) -> Result<()> {
         self.wait()?;
         let total: u64 = vars.iter().map(|(_, v)| (v.elem_count() * v.dtype().size_in_bytes()) as u64).sum();
-        let source = SnapshotSource::new(vars, opt, state);
+        let source = SnapshotSource::new(vars, opt, state)?;
         let shared = Arc::clone(&self.shared);
         // Closed before the thread starts (so the caller's next step waits), opened by the thread
         // once the bytes are written, or when the thread fails to start.

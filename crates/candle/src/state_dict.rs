@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
 
-use candle_core::{DType, Var};
+use candle_core::{DType, Tensor, Var};
 use candle_nn::VarMap;
 use safeckpt_format::{Dtype, Metadata};
 use safeckpt_reader::ShardedReader;
@@ -234,4 +234,39 @@ pub fn varmap_from_file(
 pub fn load_varmap(path: impl AsRef<Path>, vm: &VarMap, opts: &LoadOptions) -> Result<LoadReport> {
     let set = ShardedReader::open(path)?;
     load_vars(&set, &varmap_vars(vm), opts)
+}
+
+/// Every tensor of a safetensors file, a sharded set (an index, or a directory holding one) or
+/// a multi-rank save, as candle tensors on `device`: what `candle_core::safetensors::load`
+/// returns, from more kinds of input. Tensors a multi-rank save split into pieces come back
+/// whole.
+pub fn load(path: impl AsRef<Path>, device: &candle_core::Device) -> Result<std::collections::HashMap<String, Tensor>> {
+    let set = ShardedReader::open(path)?;
+    let mut out = std::collections::HashMap::with_capacity(set.len());
+    for name in set.global_names() {
+        let tensor = match set.global(name) {
+            Some(safeckpt_reader::GlobalTensor::Whole(view)) => crate::tensor::view_to_tensor(&view, device, None)?,
+            Some(g) => {
+                let bytes = set.read_global(name)?;
+                crate::tensor::bytes_to_tensor(name, &bytes, g.dtype(), g.shape(), device, None)?
+            }
+            None => continue,
+        };
+        out.insert(name.to_string(), tensor);
+    }
+    Ok(out)
+}
+
+/// Writes named tensors to `path`, as `candle_core::safetensors::save` does, with safeckpt's
+/// checksums and crash-safe commit (temporary file, flush, rename). Tensors on any device are
+/// written straight from their storage when on the CPU, copied to it otherwise.
+pub fn save<K: AsRef<str>>(
+    tensors: &std::collections::HashMap<K, Tensor>,
+    path: impl AsRef<Path>,
+) -> Result<safeckpt_writer::WriteSummary> {
+    let mut named: Vec<(&str, &Tensor)> = tensors.iter().map(|(k, t)| (k.as_ref(), t)).collect();
+    named.sort_by(|a, b| a.0.cmp(b.0));
+    let sources: Vec<(&str, CandleSource<'_>)> =
+        named.iter().map(|(n, t)| Ok((*n, CandleSource::new(n, t)?))).collect::<Result<_>>()?;
+    Ok(write_file(path, &sources, None, &WriteOptions::default())?)
 }

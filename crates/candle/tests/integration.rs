@@ -2,6 +2,7 @@
 
 mod candle_loaders;
 mod checkpoint;
+mod idioms;
 mod common;
 mod manager;
 mod manager_safety;

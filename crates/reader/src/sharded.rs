@@ -14,8 +14,9 @@ use crate::view::TensorView;
 
 /// One namespace over a sharded set (or over a single file).
 ///
-/// Opening checks the set for consistency: every shard path stays inside the index's directory
-/// (no `..`, no absolute paths, no symlinks leading out), every shard exists and is a valid file,
+/// Opening checks the set for consistency: every shard is a plain file name in the index's
+/// directory (no `..`, no absolute paths or separators; a symbolic link is followed, as the
+/// HuggingFace hub cache needs), every shard exists and is a valid file,
 /// every index entry names a tensor its shard holds, and no tensor appears in two shards or in a
 /// shard the index does not list it for. Each error names the tensor and the shards involved.
 #[derive(Debug)]
@@ -95,6 +96,36 @@ impl ShardedReader {
                 pieces: HashSet::new(),
             })
         }
+    }
+
+    /// One namespace over safetensors files given as a list, as `hf-hub` download helpers
+    /// return a sharded model's files (and as candle's `VarBuilder::from_mmaped_safetensors`
+    /// takes them). A tensor in two of the files is an error naming both; the set's path is the
+    /// first file's.
+    pub fn open_files<P: AsRef<Path>>(paths: &[P]) -> Result<Self> {
+        let Some(first) = paths.first() else {
+            return Err(ReadError::Index { index: PathBuf::new(), reason: "no files were given".into() });
+        };
+        let mut shards = Vec::with_capacity(paths.len());
+        let mut routing: HashMap<String, usize> = HashMap::new();
+        for (i, p) in paths.iter().enumerate() {
+            let reader = Reader::open(p.as_ref())?;
+            for name in reader.tensors().map(|t| t.name()) {
+                if let Some(&j) = routing.get(name) {
+                    return Err(ReadError::Index {
+                        index: p.as_ref().to_path_buf(),
+                        reason: format!(
+                            "tensor `{name}` is in both {} and {}",
+                            paths[j].as_ref().display(),
+                            p.as_ref().display()
+                        ),
+                    });
+                }
+                routing.insert(name.to_string(), i);
+            }
+            shards.push(reader);
+        }
+        Ok(ShardedReader { path: first.as_ref().to_path_buf(), index: None, shards, routing, pieces: HashSet::new() })
     }
 
     fn open_index(path: &Path, opts: &ReadOptions) -> Result<Self> {

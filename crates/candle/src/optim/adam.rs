@@ -4,8 +4,11 @@ use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
 use rayon::prelude::*;
 
-use super::{Float, HostVec, StateEntry, StatefulOptimizer, positional, state_vec, step_value};
-use crate::error::Result;
+use super::{
+    Float, HostVec, StateEntry, StatefulOptimizer, group_bool, group_f64, positional, single_group, state_vec,
+    step_value,
+};
+use crate::error::{CandleError, Result};
 use crate::manager::Fence;
 
 /// Hyper-parameters of Adam and AdamW.
@@ -91,6 +94,7 @@ pub struct AdamW {
     slots: Vec<Slot>,
     params: ParamsAdamW,
     fence: Option<Fence>,
+    positional: bool,
 }
 
 impl std::fmt::Debug for AdamW {
@@ -175,7 +179,7 @@ impl AdamW {
             .into_iter()
             .map(|(name, var)| Slot { name, var, step: 0.0, exp_avg: None, exp_avg_sq: None, max_exp_avg_sq: None })
             .collect();
-        Ok(AdamW { slots, params, fence: None })
+        Ok(AdamW { slots, params, fence: None, positional: false })
     }
 
     /// An optimizer over every variable of a `VarMap`, named as in the map.
@@ -186,6 +190,16 @@ impl AdamW {
     /// The hyper-parameters.
     pub fn params(&self) -> &ParamsAdamW {
         &self.params
+    }
+
+    /// The learning rate.
+    pub fn learning_rate(&self) -> f64 {
+        self.params.lr
+    }
+
+    /// Sets the learning rate (a schedule's job).
+    pub fn set_learning_rate(&mut self, lr: f64) {
+        self.params.lr = lr;
     }
 
     /// Applies one update from `grads`. Parameters without a gradient are skipped (their step
@@ -230,11 +244,13 @@ impl candle_nn::Optimizer for AdamW {
     type Config = ParamsAdamW;
 
     fn new(vars: Vec<Var>, config: ParamsAdamW) -> candle_core::Result<Self> {
-        AdamW::new_named(positional(vars), config).map_err(|e| candle_core::Error::Msg(e.to_string()))
+        let mut opt = AdamW::new_named(positional(vars), config)?;
+        opt.positional = true;
+        Ok(opt)
     }
 
     fn step(&mut self, grads: &GradStore) -> candle_core::Result<()> {
-        self.step_grads(grads).map_err(|e| candle_core::Error::Msg(e.to_string()))
+        Ok(self.step_grads(grads)?)
     }
 
     fn learning_rate(&self) -> f64 {
@@ -289,9 +305,11 @@ impl StatefulOptimizer for AdamW {
             }
             let like = HostVec::read(&s.name, s.var.as_tensor())?;
             let step = step_value(get, &key("step"))?;
-            let m = state_vec(get, &key("exp_avg"), &like)?;
-            let v = state_vec(get, &key("exp_avg_sq"), &like)?;
-            let vmax = if self.params.amsgrad { Some(state_vec(get, &key("max_exp_avg_sq"), &like)?) } else { None };
+            let dims = s.var.dims();
+            let m = state_vec(get, &key("exp_avg"), &like, dims)?;
+            let v = state_vec(get, &key("exp_avg_sq"), &like, dims)?;
+            let vmax =
+                if self.params.amsgrad { Some(state_vec(get, &key("max_exp_avg_sq"), &like, dims)?) } else { None };
             staged.push(Some((step, m, v, vmax)));
         }
         for (s, st) in self.slots.iter_mut().zip(staged) {
@@ -319,5 +337,43 @@ impl StatefulOptimizer for AdamW {
 
     fn set_fence(&mut self, fence: Option<Fence>) {
         self.fence = fence;
+    }
+
+    fn load_param_groups(&mut self, groups: &serde_json::Value) -> Result<()> {
+        let g = single_group(groups, &self.param_names())?;
+        let mut p = self.params;
+        if let Some(v) = group_f64(g, "lr")? {
+            p.lr = v;
+        }
+        if let Some(b) = g.get("betas") {
+            let pair = b
+                .as_array()
+                .and_then(|b| Some((b.first()?.as_f64()?, b.get(1)?.as_f64()?)))
+                .filter(|_| b.as_array().is_some_and(|b| b.len() == 2));
+            let (b1, b2) = pair
+                .ok_or_else(|| CandleError::OptimizerState(format!("param_groups: `betas` is {b}, not two numbers")))?;
+            (p.beta1, p.beta2) = (b1, b2);
+        }
+        if let Some(v) = group_f64(g, "eps")? {
+            p.eps = v;
+        }
+        if let Some(v) = group_f64(g, "weight_decay")? {
+            p.weight_decay = v;
+        }
+        if let Some(v) = group_bool(g, "amsgrad")? {
+            p.amsgrad = v;
+        }
+        if let Some(v) = group_bool(g, "maximize")? {
+            p.maximize = v;
+        }
+        if let Some(v) = group_bool(g, "decoupled_weight_decay")? {
+            p.decoupled_weight_decay = v;
+        }
+        self.params = p;
+        Ok(())
+    }
+
+    fn positional_names(&self) -> bool {
+        self.positional
     }
 }

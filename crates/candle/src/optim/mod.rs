@@ -41,6 +41,88 @@ pub trait StatefulOptimizer {
     /// Waits, before the optimizer next modifies a variable, for `fence` (used by asynchronous
     /// saves, which copy the variables in the background).
     fn set_fence(&mut self, fence: Option<crate::manager::Fence>);
+    /// Restores the hyper-parameters from `param_groups` as PyTorch's `load_state_dict` does
+    /// (learning rate, betas, momentum, …; the parameter list is checked, not assigned). The
+    /// whole group is validated before anything changes.
+    fn load_param_groups(&mut self, groups: &serde_json::Value) -> Result<()>;
+    /// Whether the parameters are named by their position ("0", "1", …), as the positional
+    /// `candle_nn::Optimizer::new` names them. Checkpoints refuse such an optimizer: see
+    /// [`require_names`].
+    fn positional_names(&self) -> bool {
+        false
+    }
+}
+
+/// Refuses an optimizer whose parameters are named by position: `candle_nn::Optimizer::new(vars,
+/// params)` with `varmap.all_vars()`, whose order comes from a `HashMap` and changes from process
+/// to process, so a resume would put the moments on the wrong parameters (silently, wherever
+/// shapes match, as in every transformer layer).
+pub fn require_names(opt: &dyn StatefulOptimizer) -> Result<()> {
+    if opt.positional_names() {
+        return Err(CandleError::OptimizerState(format!(
+            "the {} optimizer was built with `candle_nn::Optimizer::new(vars, params)`, which names parameters \
+             by position; `VarMap::all_vars()` lists them in an order that changes from process to process, \
+             so saved state would be restored onto the wrong parameters. Build it with `{}::from_varmap(&varmap, \
+             params)` or `new_named(varmap_vars(&varmap), params)` instead",
+            opt.kind(),
+            if opt.kind() == "SGD" { "Sgd" } else { "AdamW" }
+        )));
+    }
+    Ok(())
+}
+
+/// The one parameter group of `groups` (PyTorch's `param_groups`: a list of groups), checked
+/// against the optimizer's parameter names when the group names them (checkpoints written by
+/// safeckpt do; a converted PyTorch file numbers them).
+pub(crate) fn single_group<'g>(
+    groups: &'g serde_json::Value,
+    names: &[String],
+) -> Result<&'g serde_json::Map<String, serde_json::Value>> {
+    let bad = |why: String| CandleError::OptimizerState(format!("param_groups: {why}"));
+    let group = match groups {
+        serde_json::Value::Array(g) if g.len() == 1 => &g[0],
+        serde_json::Value::Array(g) => {
+            return Err(bad(format!("{} groups; one group of parameters is supported", g.len())));
+        }
+        other => other,
+    };
+    let group = group.as_object().ok_or_else(|| bad("a group is not a JSON object".into()))?;
+    if let Some(params) = group.get("params").and_then(serde_json::Value::as_array) {
+        if params.len() != names.len() {
+            return Err(bad(format!("{} parameters recorded, the optimizer has {}", params.len(), names.len())));
+        }
+        for (p, n) in params.iter().zip(names) {
+            if let Some(p) = p.as_str()
+                && p != n
+            {
+                return Err(bad(format!("parameter `{p}` recorded where the optimizer has `{n}`")));
+            }
+        }
+    }
+    Ok(group)
+}
+
+/// A hyper-parameter of a group: `Some` when recorded, an error when of the wrong type.
+pub(crate) fn group_f64(group: &serde_json::Map<String, serde_json::Value>, key: &str) -> Result<Option<f64>> {
+    match group.get(key) {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(v) => v
+            .as_f64()
+            .filter(|x| x.is_finite())
+            .map(Some)
+            .ok_or_else(|| CandleError::OptimizerState(format!("param_groups: `{key}` is {v}, not a number"))),
+    }
+}
+
+/// A boolean hyper-parameter of a group.
+pub(crate) fn group_bool(group: &serde_json::Map<String, serde_json::Value>, key: &str) -> Result<Option<bool>> {
+    match group.get(key) {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(v) => v
+            .as_bool()
+            .map(Some)
+            .ok_or_else(|| CandleError::OptimizerState(format!("param_groups: `{key}` is {v}, not a boolean"))),
+    }
 }
 
 /// A float type the update kernels run in.
@@ -155,13 +237,6 @@ impl HostVec {
         }
     }
 
-    pub(crate) fn len(&self) -> usize {
-        match self {
-            HostVec::F32(v) => v.len(),
-            HostVec::F64(v) => v.len(),
-        }
-    }
-
     pub(crate) fn zeros_like(&self) -> HostVec {
         match self {
             HostVec::F32(v) => HostVec::F32(Arc::new(vec![0.0; v.len()])),
@@ -200,15 +275,17 @@ impl HostVec {
     }
 }
 
-/// Looks up a state tensor and checks it against the parameter.
-pub(crate) fn state_vec(get: &dyn Fn(&str) -> Option<Tensor>, key: &str, like: &HostVec) -> Result<HostVec> {
+/// Looks up a state tensor and checks it against its parameter: the same shape, not only the
+/// same number of elements (moments of a `[4096, 1024]` weight do not fit a `[1024, 4096]` one).
+pub(crate) fn state_vec(
+    get: &dyn Fn(&str) -> Option<Tensor>,
+    key: &str,
+    like: &HostVec,
+    shape: &[usize],
+) -> Result<HostVec> {
     let t = get(key).ok_or_else(|| CandleError::OptimizerState(format!("`{key}` is missing")))?;
-    if t.elem_count() != like.len() {
-        return Err(CandleError::OptimizerState(format!(
-            "`{key}` has {} elements, its parameter has {}",
-            t.elem_count(),
-            like.len()
-        )));
+    if t.dims() != shape {
+        return Err(CandleError::OptimizerState(format!("`{key}` has shape {:?}, its parameter {shape:?}", t.dims())));
     }
     HostVec::read(key, &t.to_dtype(like.dtype())?)
 }
@@ -258,7 +335,14 @@ pub fn load_torch_state(
         let view = set.get(stored)?;
         crate::tensor::view_to_tensor(&view, &Device::Cpu, None).ok()
     };
-    opt.load_state(&get)
+    // The hyper-parameters as `load_state_dict` restores them, put back if the state is refused.
+    let before = opt.param_groups();
+    opt.load_param_groups(&groups)?;
+    if let Err(e) = opt.load_state(&get) {
+        opt.load_param_groups(&before)?;
+        return Err(e);
+    }
+    Ok(())
 }
 
 /// The `<prefix>.param_groups` metadata of a converted PyTorch checkpoint.

@@ -4,7 +4,9 @@
 use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
 
-use super::{Float, HostVec, StateEntry, StatefulOptimizer, positional, state_vec};
+use super::{
+    Float, HostVec, StateEntry, StatefulOptimizer, group_bool, group_f64, positional, single_group, state_vec,
+};
 use crate::error::Result;
 use crate::manager::Fence;
 
@@ -43,6 +45,7 @@ pub struct Sgd {
     slots: Vec<Slot>,
     params: ParamsSgd,
     fence: Option<Fence>,
+    positional: bool,
 }
 
 impl std::fmt::Debug for Sgd {
@@ -93,7 +96,7 @@ impl Sgd {
     /// An optimizer over named variables.
     pub fn new_named(vars: Vec<(String, Var)>, params: ParamsSgd) -> Result<Self> {
         let slots = vars.into_iter().map(|(name, var)| Slot { name, var, momentum_buffer: None }).collect();
-        Ok(Sgd { slots, params, fence: None })
+        Ok(Sgd { slots, params, fence: None, positional: false })
     }
 
     /// An optimizer over every variable of a `VarMap`.
@@ -104,6 +107,16 @@ impl Sgd {
     /// The hyper-parameters.
     pub fn params(&self) -> &ParamsSgd {
         &self.params
+    }
+
+    /// The learning rate.
+    pub fn learning_rate(&self) -> f64 {
+        self.params.lr
+    }
+
+    /// Sets the learning rate (a schedule's job).
+    pub fn set_learning_rate(&mut self, lr: f64) {
+        self.params.lr = lr;
     }
 
     /// Applies one update from `grads`.
@@ -143,11 +156,13 @@ impl candle_nn::Optimizer for Sgd {
     type Config = ParamsSgd;
 
     fn new(vars: Vec<Var>, config: ParamsSgd) -> candle_core::Result<Self> {
-        Sgd::new_named(positional(vars), config).map_err(|e| candle_core::Error::Msg(e.to_string()))
+        let mut opt = Sgd::new_named(positional(vars), config)?;
+        opt.positional = true;
+        Ok(opt)
     }
 
     fn step(&mut self, grads: &GradStore) -> candle_core::Result<()> {
-        self.step_grads(grads).map_err(|e| candle_core::Error::Msg(e.to_string()))
+        Ok(self.step_grads(grads)?)
     }
 
     fn learning_rate(&self) -> f64 {
@@ -190,7 +205,7 @@ impl StatefulOptimizer for Sgd {
                 continue;
             }
             let like = HostVec::read(&s.name, s.var.as_tensor())?;
-            staged.push(Some(state_vec(get, &key, &like)?));
+            staged.push(Some(state_vec(get, &key, &like, s.var.dims())?));
         }
         for (s, b) in self.slots.iter_mut().zip(staged) {
             s.momentum_buffer = b;
@@ -204,5 +219,32 @@ impl StatefulOptimizer for Sgd {
 
     fn set_fence(&mut self, fence: Option<Fence>) {
         self.fence = fence;
+    }
+
+    fn load_param_groups(&mut self, groups: &serde_json::Value) -> Result<()> {
+        let g = single_group(groups, &self.param_names())?;
+        let mut p = self.params;
+        for (key, field) in [
+            ("lr", &mut p.lr),
+            ("momentum", &mut p.momentum),
+            ("dampening", &mut p.dampening),
+            ("weight_decay", &mut p.weight_decay),
+        ] {
+            if let Some(v) = group_f64(g, key)? {
+                *field = v;
+            }
+        }
+        if let Some(v) = group_bool(g, "nesterov")? {
+            p.nesterov = v;
+        }
+        if let Some(v) = group_bool(g, "maximize")? {
+            p.maximize = v;
+        }
+        self.params = p;
+        Ok(())
+    }
+
+    fn positional_names(&self) -> bool {
+        self.positional
     }
 }
