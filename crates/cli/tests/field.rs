@@ -188,3 +188,61 @@ fn diff_compares_integers_as_integers() {
     assert!(text(&o).contains("I64 [2] vs F32 [2]"), "{}", text(&o));
     assert_eq!(run(&["diff", s(&c), s(&d), "--rtol", "-1"]).status.code(), Some(2));
 }
+
+fn listing(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> =
+        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    v.sort();
+    v
+}
+
+/// `shard` and `convert --max-shard-size` into a folder that holds a set: refused without
+/// `--force` (exit 2, nothing changed); with it, the new set replaces the old one and none of the
+/// old files stay behind, as `save_pretrained` leaves a folder.
+#[test]
+fn writing_a_set_over_a_set_leaves_no_stale_shards() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = fixtures().join("pytorch/checkpoint_adam.pth");
+    let one = dir.path().join("one.safetensors");
+    assert!(run(&["convert", s(&src), s(&one), "-q", "--no-fsync"]).status.success());
+    let out = dir.path().join("out");
+    let shard = |size: &str, force: bool| {
+        let mut args = vec!["shard", s(&one), "--max-shard-size", size, "-o", s(&out), "-q", "--no-fsync"];
+        if force {
+            args.push("--force");
+        }
+        run(&args)
+    };
+    assert!(shard("8KB", false).status.success());
+    let first = listing(&out);
+    assert!(first.len() > 4, "{first:?}");
+    let bytes: Vec<Vec<u8>> = first.iter().map(|n| std::fs::read(out.join(n)).unwrap()).collect();
+    // Without --force: refused, every file as it was.
+    let o = shard("20KB", false);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert_eq!(listing(&out), first);
+    for (n, b) in first.iter().zip(&bytes) {
+        assert_eq!(&std::fs::read(out.join(n)).unwrap(), b, "{n}");
+    }
+    let o = run(&["convert", s(&src), s(&out), "--max-shard-size", "4KB", "-q"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert_eq!(listing(&out), first);
+    // With --force: only the new set is left, and it reads back equal.
+    for (size, expect_convert) in [("20KB", false), ("4KB", true)] {
+        let o = if expect_convert {
+            run(&["convert", s(&src), s(&out), "--max-shard-size", size, "--force", "-q", "--no-fsync"])
+        } else {
+            shard(size, true)
+        };
+        assert!(o.status.success(), "{}", text(&o));
+        let index: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.join("model.safetensors.index.json")).unwrap()).unwrap();
+        let mut expected: Vec<String> =
+            index["weight_map"].as_object().unwrap().values().map(|v| v.as_str().unwrap().to_string()).collect();
+        expected.push("model.safetensors.index.json".into());
+        expected.sort();
+        expected.dedup();
+        assert_eq!(listing(&out), expected, "{size}");
+        assert_eq!(run(&["diff", s(&out), s(&one)]).status.code(), Some(0));
+    }
+}
