@@ -92,6 +92,21 @@ pub fn render(set: &SetHeaders<'_>, as_json: bool) -> Result<String> {
     let checksummed =
         set.shards.iter().filter(|(_, h)| h.metadata().is_some_and(|m| m.contains_key(INTEGRITY_KEY))).count();
     let n_shards = set.shards.len();
+    // Where each shard's data section starts, and the tensors whose bytes are not at a multiple
+    // of their element size in the file (typed zero-copy views `&[f32]` refuse those; `as_cow`
+    // and loads copy them). The map of a file starts on a page, so the file offset decides.
+    let data_starts: Vec<(&str, u64)> = set.shards.iter().map(|(n, h)| (n.as_str(), h.data_start() as u64)).collect();
+    let mut misaligned: Vec<(&str, u64, usize)> = Vec::new();
+    for (_, h) in &set.shards {
+        for t in h.tensors() {
+            let at = (h.data_start() + t.data_offsets.0) as u64;
+            let size = t.dtype.size_bytes().unwrap_or(1).max(1);
+            if !at.is_multiple_of(size as u64) {
+                misaligned.push((&t.name, at, size));
+            }
+        }
+    }
+    misaligned.sort_by(|a, b| natural_cmp(a.0, b.0));
     let mut by_dtype: BTreeMap<&str, (u64, u64, usize)> = BTreeMap::new();
     for t in all() {
         let e = by_dtype.entry(t.dtype.as_str()).or_default();
@@ -123,7 +138,14 @@ pub fn render(set: &SetHeaders<'_>, as_json: bool) -> Result<String> {
             "file_bytes": file_bytes,
             "metadata": metadata,
             "checksums": checksummed == n_shards && n_shards > 0,
+            "aligned": misaligned.is_empty(),
+            "misaligned_tensors": misaligned.iter().map(|(n, _, _)| n).collect::<Vec<_>>(),
         });
+        if sharded {
+            doc["shard_data_offsets"] = data_starts.iter().map(|(n, o)| (n.to_string(), json!(o))).collect();
+        } else if let Some((_, o)) = data_starts.first() {
+            doc["data_offset"] = json!(o);
+        }
         if let Some(index) = set.index {
             doc["shards"] = json!(index.shards());
             doc["index_metadata"] = Value::Object(index.metadata.clone());
@@ -157,6 +179,29 @@ pub fn render(set: &SetHeaders<'_>, as_json: bool) -> Result<String> {
         format!("recorded in {checksummed} of {n_shards} shards")
     };
     writeln!(out, "checksums: {checks}")?;
+    let starts = {
+        let (lo, hi) = data_starts.iter().fold((u64::MAX, 0), |(lo, hi), (_, o)| (lo.min(*o), hi.max(*o)));
+        match data_starts.len() {
+            0 => String::new(),
+            1 => format!("starts at byte {}", thousands(lo)),
+            _ if lo == hi => format!("starts at byte {} in every shard", thousands(lo)),
+            _ => format!("starts at byte {} to {} in the shards", thousands(lo), thousands(hi)),
+        }
+    };
+    match misaligned.first() {
+        None if rows.is_empty() => writeln!(out, "data: {starts}")?,
+        None => writeln!(out, "data: {starts}; every tensor aligned to its element size (zero-copy typed views)")?,
+        Some((name, at, size)) => writeln!(
+            out,
+            "data: {starts}; {} tensor{} not aligned to {} element size (first: `{}` at byte {}, a multiple of {size} needed): typed views of {} copy",
+            misaligned.len(),
+            if misaligned.len() == 1 { "" } else { "s" },
+            if misaligned.len() == 1 { "its" } else { "their" },
+            printable(name, false),
+            thousands(*at),
+            if misaligned.len() == 1 { "it" } else { "them" },
+        )?,
+    }
     if !metadata.is_empty() {
         writeln!(out, "\nmetadata:")?;
         for (k, v) in &metadata {

@@ -118,11 +118,15 @@ pub fn inspect(path: &Path, as_json: bool) -> Result<String> {
         ArchiveFormat::Zip { prefix } => format!("torch zip archive (folder `{prefix}`)"),
         ArchiveFormat::Legacy => "legacy torch file".to_string(),
     };
+    // As `model.parameters()` counts them: a tied tensor once.
     let params: u64 = tensors
         .iter()
+        .filter(|t| t.tied_to.is_none())
         .map(|t| t.shape.iter().fold(1u64, |a, &d| a.saturating_mul(d as u64)))
         .fold(0, u64::saturating_add);
-    let bytes: u64 = tensors.iter().map(|t| t.bytes).fold(0, u64::saturating_add);
+    // Tied tensors share their bytes: counted once.
+    let bytes: u64 = tensors.iter().filter(|t| t.tied_to.is_none()).map(|t| t.bytes).fold(0, u64::saturating_add);
+    let tied = tensors.iter().filter(|t| t.tied_to.is_some()).count();
     if as_json {
         let doc = json!({
             "path": path.display().to_string(),
@@ -132,7 +136,14 @@ pub fn inspect(path: &Path, as_json: bool) -> Result<String> {
             "tensor_count": tensors.len(),
             "parameters": params,
             "data_bytes": bytes,
-            "tensors": tensors.iter().map(|t| json!({"name": t.name, "dtype": t.dtype.as_str(), "shape": t.shape, "bytes": t.bytes})).collect::<Vec<_>>(),
+            "tied_tensors": tied,
+            "tensors": tensors.iter().map(|t| {
+                let mut v = json!({"name": t.name, "dtype": t.dtype.as_str(), "shape": t.shape, "bytes": t.bytes});
+                if let Some(k) = &t.tied_to {
+                    v["tied_to"] = json!(k);
+                }
+                v
+            }).collect::<Vec<_>>(),
             "values": values.iter().map(|(k, v)| (k.clone(), serde_json::from_str::<serde_json::Value>(v).unwrap_or(serde_json::Value::String(v.clone())))).collect::<serde_json::Map<_, _>>(),
         });
         return Ok(serde_json::to_string_pretty(&doc)? + "\n");
@@ -141,8 +152,9 @@ pub fn inspect(path: &Path, as_json: bool) -> Result<String> {
     writeln!(out, "{}  ({format}{})", path.display(), if archive.is_big_endian() { ", big-endian" } else { "" })?;
     writeln!(
         out,
-        "{} tensors, {} parameters, {} of tensor data in {} storages; no code was run to read it",
+        "{} tensors{}, {} parameters, {} of tensor data in {} storages; no code was run to read it",
         thousands(tensors.len() as u64),
+        if tied > 0 { format!(" ({tied} tied to another, stored once)") } else { String::new() },
         thousands(params),
         human_bytes(bytes),
         archive.storages().len()
@@ -161,7 +173,11 @@ pub fn inspect(path: &Path, as_json: bool) -> Result<String> {
         for t in &tensors {
             let shape = format!("[{}]", t.shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", "));
             let n = printable(&t.name, false);
-            writeln!(out, "{n:<w$}  {:<11}  {shape:<18}  {:>10}", t.dtype.as_str(), human_bytes(t.bytes))?;
+            let line = format!("{n:<w$}  {:<11}  {shape:<18}  {:>10}", t.dtype.as_str(), human_bytes(t.bytes));
+            match &t.tied_to {
+                Some(k) => writeln!(out, "{line}  tied to {}", printable(k, false))?,
+                None => writeln!(out, "{line}")?,
+            }
         }
     }
     Ok(out)

@@ -246,3 +246,49 @@ fn writing_a_set_over_a_set_leaves_no_stale_shards() {
         assert_eq!(run(&["diff", s(&out), s(&one)]).status.code(), Some(0));
     }
 }
+
+/// `inspect` shows what zero-copy users need: where the data section starts and whether every
+/// tensor is aligned to its element size; on a PyTorch file, tied tensors are flagged and their
+/// bytes counted once.
+#[test]
+fn inspect_shows_alignment_and_tied_tensors() {
+    let dir = tempfile::tempdir().unwrap();
+    // Our own files are aligned: the header is padded to 8 bytes and tensors sorted by alignment.
+    let ours = dir.path().join("ours.safetensors");
+    assert!(
+        run(&["convert", s(&fixtures().join("pytorch/dtypes.pth")), s(&ours), "-q", "--no-fsync"]).status.success()
+    );
+    let o = run(&["inspect", s(&ours), "--json"]);
+    let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(doc["aligned"], true, "{doc}");
+    assert_eq!(doc["data_offset"].as_u64(), doc["header_bytes"].as_u64());
+    assert!(text(&run(&["inspect", s(&ours)])).contains("every tensor aligned to its element size"));
+    // A valid file whose header is 54 bytes: its F32 tensor starts at byte 62.
+    let json = r#"{"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#;
+    let mut bytes = (json.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(json.as_bytes());
+    bytes.extend_from_slice(&[0; 8]);
+    assert_eq!(json.len(), 54);
+    let odd = dir.path().join("odd.safetensors");
+    std::fs::write(&odd, &bytes).unwrap();
+    safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let o = run(&["inspect", s(&odd), "--json"]);
+    let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!((doc["aligned"].as_bool(), doc["data_offset"].as_u64()), (Some(false), Some(62)), "{doc}");
+    assert_eq!(doc["misaligned_tensors"], serde_json::json!(["w"]));
+    let o = run(&["inspect", s(&odd)]);
+    assert!(
+        text(&o).contains("data: starts at byte 62; 1 tensor not aligned") && text(&o).contains("`w` at byte 62"),
+        "{}",
+        text(&o)
+    );
+    // Tied weights of a PyTorch file.
+    let tied = fixtures().join("pytorch/tied.pth");
+    let o = run(&["inspect", s(&tied)]);
+    assert!(text(&o).contains("3 tensors (1 tied to another, stored once), 408 parameters"), "{}", text(&o));
+    assert!(text(&o).contains("tied to embed.weight"), "{}", text(&o));
+    let doc: serde_json::Value = serde_json::from_slice(&run(&["inspect", s(&tied), "--json"]).stdout).unwrap();
+    assert_eq!((doc["data_bytes"].as_u64(), doc["tied_tensors"].as_u64()), (Some(1632), Some(1)));
+    let head = doc["tensors"].as_array().unwrap().iter().find(|t| t["name"] == "lm_head.weight").unwrap();
+    assert_eq!(head["tied_to"], "embed.weight");
+}

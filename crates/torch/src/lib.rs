@@ -76,6 +76,10 @@ pub struct TorchTensorInfo {
     pub bytes: u64,
     /// Whether the view is laid out row-major in its storage (else it is gathered when read).
     pub contiguous: bool,
+    /// The tensor this one is tied to: the same view (storage, offset, shape, strides, dtype)
+    /// under another name, the first of them by name (what `convert` keeps and records this
+    /// name as an alias of). Its bytes are the other's, not more.
+    pub tied_to: Option<String>,
 }
 
 impl TorchArchive {
@@ -84,16 +88,27 @@ impl TorchArchive {
     pub fn describe(&self, key: Option<&str>) -> Result<Vec<TorchTensorInfo>> {
         let flat = flatten::flatten(self.arena(), self.root(), key)
             .map_err(|reason| TorchError::Structure { path: self.path().to_path_buf(), reason })?;
+        // Tied weights: the first name (bytewise) of each view shared by several names.
+        type ViewKey<'k> = (u32, usize, &'k [usize], &'k [usize], &'k str);
+        let mut first: std::collections::HashMap<ViewKey<'_>, &str> = std::collections::HashMap::new();
+        for (name, d) in &flat.tensors {
+            let e = first.entry((d.storage, d.offset, &d.shape, &d.stride, d.dtype.name())).or_insert(name);
+            if name.as_str() < *e {
+                *e = name;
+            }
+        }
         flat.tensors
             .iter()
             .map(|(name, def)| {
                 let plan = TensorPlan::new(self, name, def)?;
+                let kept = first[&(def.storage, def.offset, &def.shape[..], &def.stride[..], def.dtype.name())];
                 Ok(TorchTensorInfo {
                     name: name.clone(),
                     dtype: plan.dtype,
                     bytes: plan.byte_len(),
                     contiguous: is_contiguous(&def.shape, &def.stride),
                     shape: plan.shape,
+                    tied_to: (kept != name.as_str()).then(|| kept.to_string()),
                 })
             })
             .collect()
