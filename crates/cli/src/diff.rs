@@ -13,7 +13,7 @@ use safeckpt_format::{Dtype, INTEGRITY_KEY, Metadata};
 use safeckpt_reader::{GlobalTensor, ShardedReader};
 use safeckpt_torch::TorchArchive;
 
-use crate::util::{EXIT_FAILURE, EXIT_OK, printable};
+use crate::util::{EXIT_FAILURE, EXIT_OK, count, printable};
 
 /// One tensor of a side: dtype, shape, little-endian bytes.
 type Entry<'a> = (Dtype, Vec<usize>, Cow<'a, [u8]>);
@@ -257,7 +257,7 @@ fn json_number(v: f64) -> serde_json::Value {
 }
 
 /// Compares; prints the differences (as text, or as one JSON document); returns the exit status.
-pub fn diff(a: &Path, b: &Path, tol: Tolerance, all_metadata: bool, as_json: bool) -> Result<i32> {
+pub fn diff(a: &Path, b: &Path, tol: Tolerance, all_metadata: bool, as_json: bool, quiet: bool) -> Result<i32> {
     let (sa, sb) = (Side::open(a)?, Side::open(b)?);
     let (ta, tb) = (sa.tensors()?, sb.tensors()?);
     let mut findings = Vec::new();
@@ -319,6 +319,9 @@ pub fn diff(a: &Path, b: &Path, tol: Tolerance, all_metadata: bool, as_json: boo
         }
     }
     let code = if findings.is_empty() { EXIT_OK } else { EXIT_FAILURE };
+    if quiet {
+        return Ok(code);
+    }
     if as_json {
         let doc = serde_json::json!({
             "a": a.display().to_string(),
@@ -347,8 +350,8 @@ pub fn diff(a: &Path, b: &Path, tol: Tolerance, all_metadata: bool, as_json: boo
     };
     if findings.is_empty() {
         println!(
-            "equal: {} tensors ({identical} bit for bit{}){}",
-            identical + within,
+            "equal: {} ({identical} bit for bit{}){}",
+            count(identical + within, "tensor"),
             if within > 0 { format!(", {within} {tolerance}") } else { String::new() },
             match (compared.is_some(), all_metadata) {
                 (false, _) => "; a PyTorch file has no metadata to compare",
@@ -357,10 +360,14 @@ pub fn diff(a: &Path, b: &Path, tol: Tolerance, all_metadata: bool, as_json: boo
             }
         );
     } else {
-        println!("{} difference(s); {identical} tensors identical, {within} equal {tolerance}", findings.len());
+        println!(
+            "{}; {} identical, {within} equal {tolerance}",
+            count(findings.len(), "difference"),
+            count(identical, "tensor")
+        );
     }
     if across_dtypes > 0 {
-        println!("{across_dtypes} tensor(s) compared by value across dtypes");
+        println!("{} compared by value across dtypes", count(across_dtypes, "tensor"));
     }
     if let Some((n, w)) = &largest {
         println!(

@@ -11,7 +11,7 @@ use safeckpt_reader::ShardedReader;
 use safeckpt_store::RemoteSet;
 use serde_json::{Value, json};
 
-use crate::util::{human_bytes, natural_cmp, printable, thousands};
+use crate::util::{count, human_bytes, natural_cmp, printable, thousands};
 
 /// One row of the tensor table.
 struct Row<'a> {
@@ -158,15 +158,15 @@ pub fn render(set: &SetHeaders<'_>, as_json: bool) -> Result<String> {
 
     let mut out = String::new();
     let kind = match set.index {
-        Some(i) => format!("sharded safetensors, {} shards", i.shards().len()),
+        Some(i) => format!("sharded safetensors, {}", count(i.shards().len(), "shard")),
         None => "safetensors".to_string(),
     };
     writeln!(out, "{path}  ({kind})")?;
     writeln!(
         out,
-        "{} tensors, {} parameters, {} of data, {} of headers, {} on disk",
-        thousands(rows.len() as u64),
-        thousands(params),
+        "{}, {}, {} of data, {} of headers, {} on disk",
+        count(rows.len(), "tensor"),
+        count(params, "parameter"),
         human_bytes(data_bytes),
         human_bytes(header_bytes),
         human_bytes(file_bytes)
@@ -250,8 +250,14 @@ pub fn render(set: &SetHeaders<'_>, as_json: bool) -> Result<String> {
             writeln!(out, "{line}")?;
         }
         writeln!(out, "\nby dtype:")?;
-        for (d, (n, b, count)) in &by_dtype {
-            writeln!(out, "  {d:<11} {:>6} tensors  {:>16} parameters  {:>10}", count, thousands(*n), human_bytes(*b))?;
+        for (d, (n, b, c)) in &by_dtype {
+            writeln!(
+                out,
+                "  {d:<11} {:>14}  {:>27}  {:>10}",
+                count(*c, "tensor"),
+                count(*n, "parameter"),
+                human_bytes(*b)
+            )?;
         }
     }
     let split = set.split_tensors();
@@ -261,7 +267,13 @@ pub fn render(set: &SetHeaders<'_>, as_json: bool) -> Result<String> {
         for (name, t) in split {
             let shape = t.shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ");
             let pad = " ".repeat(w - name.chars().count());
-            writeln!(out, "  {}{pad}  {:<5}  [{shape}]  {} pieces", printable(name, false), t.dtype, t.pieces.len())?;
+            writeln!(
+                out,
+                "  {}{pad}  {:<5}  [{shape}]  {}",
+                printable(name, false),
+                t.dtype,
+                count(t.pieces.len(), "piece")
+            )?;
         }
     }
     Ok(out)
@@ -271,7 +283,7 @@ pub fn render(set: &SetHeaders<'_>, as_json: bool) -> Result<String> {
 fn describe_metadata(key: &str, value: &str) -> String {
     if key == INTEGRITY_KEY {
         return match Integrity::parse(value) {
-            Ok(i) => format!("xxh3-64 checksums for {} tensors and the header", i.tensors.len()),
+            Ok(i) => format!("xxh3-64 checksums for {} and the header", count(i.tensors.len(), "tensor")),
             Err(e) => format!("(unreadable: {e})"),
         };
     }

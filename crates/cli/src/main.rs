@@ -21,9 +21,19 @@ use safeckpt_writer::WriteOptions;
 
 use crate::util::{EXIT_OK, exit_code};
 
+/// The exit statuses, shown under every command's `--help`.
+const EXIT_STATUS: &str = "\
+EXIT STATUS:
+  0  success (for verify: every checksum matches; for diff: equal)
+  1  failure: a checksum mismatch, checkpoints that differ, an I/O error while writing
+  2  bad or refused input: a missing, malformed or unsafe file, a bad argument, an output that
+     exists without --force
+With --json, a failure prints {\"ok\": false, \"error\": {\"kind\": ..., \"message\": ...}} on
+stdout, with the same status.";
+
 /// Safe, fast tensor checkpoints in the standard safetensors format.
 #[derive(Parser, Debug)]
-#[command(name = "safeckpt", version, about, long_about = None, arg_required_else_help = true)]
+#[command(name = "safeckpt", version, about, long_about = None, arg_required_else_help = true, after_help = EXIT_STATUS)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -37,15 +47,20 @@ struct Cli {
 enum Command {
     /// Show the tensors, dtypes, shapes, sizes and metadata of a file or sharded set (reads only
     /// the headers), or of a PyTorch file (without running any code from it).
+    #[command(after_help = EXIT_STATUS)]
     Inspect {
         /// A `.safetensors` file, a `*.safetensors.index.json`, or a PyTorch `.pth`/`.pt`/`.bin`.
         path: PathBuf,
         /// Machine-readable JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// Print nothing: the exit status alone says whether the file opens.
+        #[arg(short, long)]
+        quiet: bool,
     },
     /// Validate the structure and every checksum. Exit 0 when sound, 1 when a checksum fails,
     /// 2 when the file is malformed.
+    #[command(after_help = EXIT_STATUS)]
     Verify {
         /// A `.safetensors` file or a `*.safetensors.index.json`.
         path: PathBuf,
@@ -61,15 +76,19 @@ enum Command {
         require_checksums: bool,
     },
     /// Split a file (or re-split a set) into shards with a HuggingFace index.
+    #[command(after_help = EXIT_STATUS)]
     Shard {
         /// A `.safetensors` file or a `*.safetensors.index.json`.
         input: PathBuf,
+        /// Output directory (or `-o DIR`).
+        #[arg(value_name = "OUTPUT", required_unless_present = "output", conflicts_with = "output")]
+        out: Option<PathBuf>,
         /// Largest shard, e.g. `2GB` (10^9 bytes, as HuggingFace counts) or `500MiB`.
         #[arg(long, default_value = "5GB")]
         max_shard_size: String,
-        /// Output directory.
-        #[arg(short, long)]
-        output: PathBuf,
+        /// Output directory (the same as the positional OUTPUT).
+        #[arg(short, long, value_name = "DIR")]
+        output: Option<PathBuf>,
         /// Shard file prefix: `<prefix>-00001-of-0000N.safetensors`.
         #[arg(long, default_value = "model")]
         prefix: String,
@@ -77,18 +96,23 @@ enum Command {
         write: WriteArgs,
     },
     /// Join a sharded set into one file.
+    #[command(after_help = EXIT_STATUS)]
     Merge {
         /// The `*.safetensors.index.json`.
         index: PathBuf,
-        /// Output file.
-        #[arg(short, long)]
-        output: PathBuf,
+        /// Output file (or `-o FILE`).
+        #[arg(value_name = "OUTPUT", required_unless_present = "output", conflicts_with = "output")]
+        out: Option<PathBuf>,
+        /// Output file (the same as the positional OUTPUT).
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
         #[command(flatten)]
         write: WriteArgs,
     },
     /// Convert a PyTorch `.pth`/`.pt`/`.bin` (zip or legacy format) to safetensors, safely: a
     /// restricted pickle reader that never runs code from the file. Exit 2 when the file is
     /// refused or broken (no output is written).
+    #[command(after_help = EXIT_STATUS)]
     Convert {
         /// The PyTorch file.
         input: PathBuf,
@@ -117,6 +141,7 @@ enum Command {
     },
     /// Compare two checkpoints (files, sharded sets, or a PyTorch file against its conversion)
     /// tensor by tensor, and their metadata. Exit 0 when equal (within --atol), 1 when they differ.
+    #[command(after_help = EXIT_STATUS)]
     Diff {
         /// First file or index.
         a: PathBuf,
@@ -137,10 +162,14 @@ enum Command {
         /// Print the result as one JSON document.
         #[arg(long)]
         json: bool,
+        /// Print nothing: the exit status alone says whether they are equal.
+        #[arg(short, long)]
+        quiet: bool,
     },
     /// Train the classic MLP (20 -> 64 -> 32 -> 1) with Adam on a synthetic task, checkpointing
     /// every epoch (keeping the best by validation loss), then serve the best checkpoint from a
     /// memory map; without --dir, also tour the storage engine and the PyTorch importer.
+    #[command(after_help = EXIT_STATUS)]
     Demo {
         /// Run directory, or a prefix in an object store (`s3://bucket/runs/demo`): the run resumes
         /// by itself from its latest checkpoint. Without it, a temporary directory is used and
@@ -160,6 +189,16 @@ enum Command {
         #[arg(short, long)]
         quiet: bool,
     },
+}
+
+impl Command {
+    /// Whether the command was asked for JSON output.
+    fn json(&self) -> bool {
+        match self {
+            Command::Inspect { json, .. } | Command::Verify { json, .. } | Command::Diff { json, .. } => *json,
+            _ => false,
+        }
+    }
 }
 
 #[derive(clap::Args, Debug)]
@@ -187,12 +226,14 @@ impl WriteArgs {
 fn run(cli: Cli) -> Result<i32> {
     let store = remote::store_options(cli.endpoint.as_deref());
     match cli.command {
-        Command::Inspect { path, json } => {
+        Command::Inspect { path, json, quiet } => {
             let loc = remote::input_location(&path, &store)?;
             if let Some(run) = run_info::open(&loc)? {
                 let text = run.render(json)?;
                 // JSON escapes control characters itself, and must stay valid JSON.
-                print!("{}", if json { text.as_str().into() } else { util::printable(&text, true) });
+                if !quiet {
+                    print!("{}", if json { text.as_str().into() } else { util::printable(&text, true) });
+                }
                 return Ok(EXIT_OK);
             }
             let text = match loc {
@@ -220,7 +261,9 @@ fn run(cli: Cli) -> Result<i32> {
                     }
                 }
             };
-            print!("{}", if json { text.as_str().into() } else { util::printable(&text, true) });
+            if !quiet {
+                print!("{}", if json { text.as_str().into() } else { util::printable(&text, true) });
+            }
             Ok(EXIT_OK)
         }
         Command::Convert { input, output, key, dtype, keep_aliases, max_shard_size, max_output_size, write } => {
@@ -242,14 +285,16 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Verify { path, json, quiet, require_checksums } => {
             verify::verify(&path, &store, json, quiet, require_checksums)
         }
-        Command::Shard { input, max_shard_size, output, prefix, write } => {
+        Command::Shard { input, out, max_shard_size, output, prefix, write } => {
+            let output = out.or(output).expect("clap requires an output");
             let input = remote::local_input(&input, &store, write.quiet)?;
             let out = remote::output(&output, &store, write.force)?;
             reshard::shard(&input.path, &max_shard_size, &out.path, &prefix, &write.options(), write.quiet)?;
             out.publish(write.quiet)?;
             Ok(EXIT_OK)
         }
-        Command::Merge { index, output, write } => {
+        Command::Merge { index, out, output, write } => {
+            let output = out.or(output).expect("clap requires an output");
             let input = remote::local_input(&index, &store, write.quiet)?;
             let out = remote::output(&output, &store, write.force)?;
             reshard::merge(&input.path, &out.path, &write.options(), write.quiet)?;
@@ -260,7 +305,7 @@ fn run(cli: Cli) -> Result<i32> {
             demo::run(dir.as_deref(), &train::TrainArgs { epochs, stop_after_epoch, seed, quiet }, &store)?;
             Ok(EXIT_OK)
         }
-        Command::Diff { a, b, atol, rtol, all_metadata, json } => {
+        Command::Diff { a, b, atol, rtol, all_metadata, json, quiet } => {
             for (flag, v) in [("--atol", atol), ("--rtol", rtol)] {
                 if !(v >= 0.0 && v.is_finite()) {
                     return Err(util::Exit(
@@ -271,7 +316,7 @@ fn run(cli: Cli) -> Result<i32> {
                 }
             }
             let (la, lb) = (remote::local_input(&a, &store, true)?, remote::local_input(&b, &store, true)?);
-            diff::diff(&la.path, &lb.path, diff::Tolerance { atol, rtol }, all_metadata, json)
+            diff::diff(&la.path, &lb.path, diff::Tolerance { atol, rtol }, all_metadata, json, quiet)
         }
     }
 }
@@ -291,10 +336,16 @@ fn main() {
         default_hook(info)
     }));
     let cli = Cli::parse();
+    let json = cli.command.json();
     let code = match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {}", util::printable(&util::error_text(&e), false));
+            if json {
+                // Machine readers get a JSON object on failure too, with the same exit status.
+                println!("{}", util::error_json(&e));
+            } else {
+                eprintln!("error: {}", util::printable(&util::error_text(&e), false));
+            }
             exit_code(&e)
         }
     };

@@ -25,7 +25,22 @@ pub fn location(p: &Path, opts: &StoreOptions) -> Result<Location> {
 /// else its one shard index, else its one safetensors file.
 pub fn input_location(p: &Path, opts: &StoreOptions) -> Result<Location> {
     let loc = location(p, opts)?;
-    let Location::Object(obj) = &loc else { return Ok(loc) };
+    let obj = match &loc {
+        Location::Object(obj) => obj,
+        Location::Local(path) => {
+            // A missing input is bad input (exit 2) from every command.
+            if let Err(e) = std::fs::metadata(path)
+                && e.kind() == std::io::ErrorKind::NotFound
+            {
+                return Err(crate::util::Exit(
+                    crate::util::EXIT_BAD_INPUT,
+                    format!("{}: no such file or directory", path.display()),
+                )
+                .into());
+            }
+            return Ok(loc);
+        }
+    };
     if obj.path.extension().is_some() {
         return Ok(loc);
     }
@@ -128,7 +143,7 @@ impl Output {
         }
         pb.finish_and_clear();
         if !quiet {
-            println!("uploaded {} ({} file(s), {})", target.url(), files.len(), human_bytes(total));
+            println!("uploaded {} ({}, {})", target.url(), crate::util::count(files.len(), "file"), human_bytes(total));
         }
         Ok(Some(target.url()))
     }

@@ -8,7 +8,7 @@ use safeckpt_format::Metadata;
 use safeckpt_reader::{GlobalSource, ShardedReader};
 use safeckpt_writer::{WriteOptions, parse_size, write_file_with_progress, write_sharded};
 
-use crate::util::{human_bytes, human_duration, progress_bar};
+use crate::util::{count, human_bytes, human_duration, progress_bar};
 
 /// Metadata of a set: the union of every shard's, first value wins.
 fn merged_metadata(set: &ShardedReader) -> Option<Metadata> {
@@ -41,12 +41,12 @@ pub fn shard(input: &Path, max: &str, out_dir: &Path, prefix: &str, opts: &Write
     pb.finish_and_clear();
     if !quiet {
         for s in &summary.shards {
-            println!("wrote {}  ({} tensors, {})", s.path.display(), s.tensors, human_bytes(s.bytes));
+            println!("wrote {}  ({}, {})", s.path.display(), count(s.tensors, "tensor"), human_bytes(s.bytes));
         }
         if let Some(i) = &summary.index {
             println!("wrote {}", i.display());
         }
-        println!("{} shard(s) in {}", summary.shards.len(), human_duration(start.elapsed()));
+        println!("{} in {}", count(summary.shards.len(), "shard"), human_duration(start.elapsed()));
     }
     Ok(())
 }
@@ -62,10 +62,10 @@ pub fn merge(index: &Path, out: &Path, opts: &WriteOptions, quiet: bool) -> Resu
     pb.finish_and_clear();
     if !quiet {
         println!(
-            "wrote {}  ({} tensors from {} shard(s), {}) in {}",
+            "wrote {}  ({} from {}, {}) in {}",
             s.path.display(),
-            s.tensors,
-            set.shards().len(),
+            count(s.tensors, "tensor"),
+            count(set.shards().len(), "shard"),
             human_bytes(s.bytes),
             human_duration(start.elapsed())
         );

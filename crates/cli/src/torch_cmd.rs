@@ -11,7 +11,8 @@ use safeckpt_writer::WriteOptions;
 use serde_json::json;
 
 use crate::util::{
-    EXIT_BAD_INPUT, EXIT_FAILURE, Exit, human_bytes, human_duration, natural_cmp, printable, progress_bar, thousands,
+    EXIT_BAD_INPUT, EXIT_FAILURE, Exit, count, human_bytes, human_duration, natural_cmp, printable, progress_bar,
+    thousands,
 };
 
 /// Whether a file is a PyTorch file (a zip archive or a legacy pickle) rather than safetensors,
@@ -88,20 +89,24 @@ pub fn convert(input: &Path, output: &Path, args: &ConvertArgs<'_>) -> Result<()
             s.index.as_ref().unwrap_or(&s.outputs[0]).display()
         );
         println!(
-            "  {} tensors ({}), {} values in metadata, {} aliases{}{} in {}",
-            thousands(s.tensors as u64),
+            "  {} ({}), {} in metadata, {}{}{} in {}",
+            count(s.tensors, "tensor"),
             human_bytes(s.data_bytes),
-            s.values,
-            s.aliases.len(),
-            if s.cast > 0 { format!(", {} cast", s.cast) } else { String::new() },
-            if s.gathered > 0 { format!(", {} strided views written contiguous", s.gathered) } else { String::new() },
+            count(s.values, "value"),
+            count(s.aliases.len(), "alias|aliases"),
+            if s.cast > 0 { format!(", {} cast", thousands(s.cast as u64)) } else { String::new() },
+            if s.gathered > 0 {
+                format!(", {} written contiguous", count(s.gathered, "strided view"))
+            } else {
+                String::new()
+            },
             human_duration(start.elapsed())
         );
         for (alias, kept) in &s.aliases {
             println!("  alias: {} -> {}", printable(alias, false), printable(kept, false));
         }
         if s.outputs.len() > 1 {
-            println!("  {} shards", s.outputs.len());
+            println!("  {}", count(s.outputs.len(), "shard"));
         }
     }
     Ok(())
@@ -152,12 +157,12 @@ pub fn inspect(path: &Path, as_json: bool) -> Result<String> {
     writeln!(out, "{}  ({format}{})", path.display(), if archive.is_big_endian() { ", big-endian" } else { "" })?;
     writeln!(
         out,
-        "{} tensors{}, {} parameters, {} of tensor data in {} storages; no code was run to read it",
-        thousands(tensors.len() as u64),
+        "{}{}, {}, {} of tensor data in {}; no code was run to read it",
+        count(tensors.len(), "tensor"),
         if tied > 0 { format!(" ({tied} tied to another, stored once)") } else { String::new() },
-        thousands(params),
+        count(params, "parameter"),
         human_bytes(bytes),
-        archive.storages().len()
+        count(archive.storages().len(), "storage")
     )?;
     if !values.is_empty() {
         writeln!(out, "\nvalues:")?;

@@ -83,6 +83,17 @@ pub fn human_bytes(n: u64) -> String {
     if v >= 100.0 { format!("{v:.0} {}", UNITS[unit]) } else { format!("{v:.1} {}", UNITS[unit]) }
 }
 
+/// `n` things, with the word in the right number: `1 tensor`, `2 tensors`, `1,024 tensors`.
+/// `one` is the singular; the plural adds `s`, or is given after a `|` (`alias|aliases`).
+pub fn count(n: impl TryInto<u64>, one: &str) -> String {
+    let n: u64 = n.try_into().unwrap_or(u64::MAX);
+    let (singular, plural) = match one.split_once('|') {
+        Some((s, p)) => (s.to_string(), p.to_string()),
+        None => (one.to_string(), format!("{one}s")),
+    };
+    format!("{} {}", thousands(n), if n == 1 { singular } else { plural })
+}
+
 /// `1,234,567`.
 pub fn thousands(n: u64) -> String {
     let s = n.to_string();
@@ -108,8 +119,20 @@ pub fn progress_bar(total: u64, message: &str) -> ProgressBar {
         return ProgressBar::hidden();
     }
     let pb = ProgressBar::new(total);
+    // `wide_bar` takes the width the rest leaves, so the line fits the terminal (80 columns
+    // included); sizes are printed as everywhere else in the CLI (`human_bytes`).
+    let size = |f: fn(&indicatif::ProgressState) -> u64| {
+        move |s: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+            let _ = w.write_str(&human_bytes(f(s)));
+        }
+    };
     pb.set_style(
-        ProgressStyle::with_template("{msg:>10} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+        ProgressStyle::with_template("{msg:>9} [{wide_bar}] {done}/{size} {rate}/s {eta}")
+            .map(|st| {
+                st.with_key("done", size(|s| s.pos()))
+                    .with_key("size", size(|s| s.len().unwrap_or(0)))
+                    .with_key("rate", size(|s| s.per_sec() as u64))
+            })
             .unwrap_or_else(|_| ProgressStyle::default_bar())
             .progress_chars("=> "),
     );
@@ -173,6 +196,38 @@ pub fn printable(s: &str, keep_lines: bool) -> std::borrow::Cow<'_, str> {
     std::borrow::Cow::Owned(out)
 }
 
+/// A short name for what kind of error this is, for `--json` output: `not_found`, `bad_input`
+/// (a malformed, refused or unsafe file, a bad argument), `exists` (an output that needs
+/// `--force`), `checksum` or `io`.
+pub fn error_kind(err: &anyhow::Error) -> &'static str {
+    for cause in err.chain() {
+        if let Some(Exit(_, msg)) = cause.downcast_ref::<Exit>()
+            && msg.ends_with("no such file or directory")
+        {
+            return "not_found";
+        }
+        if let Some(WriteError::Exists { .. }) = cause.downcast_ref::<WriteError>() {
+            return "exists";
+        }
+        if let Some(e) = cause.downcast_ref::<std::io::Error>()
+            && e.kind() == std::io::ErrorKind::NotFound
+        {
+            return "not_found";
+        }
+    }
+    if error_text(err).contains("already exists") {
+        return "exists";
+    }
+    if exit_code(err) == EXIT_BAD_INPUT { "bad_input" } else { "io" }
+}
+
+/// The JSON document a `--json` command prints when it fails (with the same exit status as
+/// without `--json`).
+pub fn error_json(err: &anyhow::Error) -> String {
+    let doc = serde_json::json!({"ok": false, "error": {"kind": error_kind(err), "message": error_text(err)}});
+    serde_json::to_string_pretty(&doc).unwrap_or_default()
+}
+
 /// An error and its causes on one line, each cause once: the library errors already include
 /// their cause in their own message, so a cause whose text is already there is not repeated.
 pub fn error_text(e: &anyhow::Error) -> String {
@@ -187,7 +242,8 @@ pub fn error_text(e: &anyhow::Error) -> String {
         }
         out.push_str(&text);
     }
-    out
+    // The libraries name their own option; on the command line it is a flag.
+    out.replace("(`WriteOptions::overwrite(true)` replaces it)", "(pass --force to replace it)")
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use safeckpt_reader::ShardedReader;
 use safeckpt_store::{Location, RemoteSet, StoreOptions};
 use serde_json::json;
 
-use crate::util::{EXIT_FAILURE, EXIT_OK, Exit, human_bytes, human_duration, progress_bar};
+use crate::util::{EXIT_FAILURE, EXIT_OK, Exit, count, human_bytes, human_duration, progress_bar};
 
 /// Verifies a file or set; returns the exit status (0 sound, 1 checksum failure, or a file
 /// without checksums when they are required). Structural problems surface as errors (exit 2)
@@ -71,17 +71,17 @@ pub fn verify(path: &Path, opts: &StoreOptions, as_json: bool, quiet: bool, requ
                 "structure valid; no checksums recorded, so the data could not be checked".to_string()
             } else {
                 format!(
-                    "{} verified; {} of {} files carry no checksums",
+                    "{} verified; {} of {} carry no checksums",
                     human_bytes(bytes),
                     reports.len() - with_sums,
-                    reports.len()
+                    count(reports.len(), "file")
                 )
             };
             println!(
-                "OK  {}: {} tensors in {} file(s), {what} in {}",
+                "OK  {}: {} in {}, {what} in {}",
                 shown,
-                tensors,
-                reports.len(),
+                count(tensors, "tensor"),
+                count(reports.len(), "file"),
                 human_duration(elapsed)
             );
         }
@@ -89,7 +89,7 @@ pub fn verify(path: &Path, opts: &StoreOptions, as_json: bool, quiet: bool, requ
         for f in &failures {
             eprintln!("FAILED  {}", crate::util::printable(f, false));
         }
-        return Err(Exit(EXIT_FAILURE, format!("{shown}: {} integrity failure(s)", failures.len())).into());
+        return Err(Exit(EXIT_FAILURE, format!("{shown}: {}", count(failures.len(), "integrity failure"))).into());
     }
     Ok(EXIT_OK)
 }
@@ -133,10 +133,16 @@ fn verify_run(
         return Ok(if failed == 0 { EXIT_OK } else { EXIT_FAILURE });
     }
     if failed > 0 {
-        return Err(Exit(EXIT_FAILURE, format!("{}: {failed} of {n} checkpoint(s) failed", run.shown())).into());
+        return Err(
+            Exit(EXIT_FAILURE, format!("{}: {failed} of {} failed", run.shown(), count(n, "checkpoint"))).into()
+        );
     }
     if !quiet {
-        println!("OK  {}: all {n} checkpoint(s) verified", run.shown());
+        println!(
+            "OK  {}: {} verified",
+            run.shown(),
+            if n == 1 { "the checkpoint".to_string() } else { format!("all {}", count(n, "checkpoint")) }
+        );
     }
     Ok(EXIT_OK)
 }

@@ -540,7 +540,7 @@ fn a_run_directory_is_listed_and_every_checkpoint_verified() {
     drop(lock);
     let o = run(&["verify", d]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
-    assert!(text(&o).contains("all 2 checkpoint(s) verified"), "{}", text(&o));
+    assert!(text(&o).contains("all 2 checkpoints verified"), "{}", text(&o));
     // One damaged checkpoint: named by step, exit 1; the other still checks out.
     let victim = run_dir.join("ckpt-000000000189.safetensors");
     let mut bytes = std::fs::read(&victim).unwrap();
@@ -551,7 +551,7 @@ fn a_run_directory_is_listed_and_every_checkpoint_verified() {
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(text(&o).contains("FAILED  step 189"), "{}", text(&o));
     assert!(text(&o).contains("OK      step 252"), "{}", text(&o));
-    assert!(text(&o).contains("1 of 2 checkpoint(s) failed"), "{}", text(&o));
+    assert!(text(&o).contains("1 of 2 checkpoints failed"), "{}", text(&o));
     // A tampered ledger naming a file outside the run: listed as ignored, never read or verified.
     let outside = dir.path().join("outside.safetensors");
     std::fs::write(&outside, b"not a checkpoint").unwrap();
@@ -567,7 +567,7 @@ fn a_run_directory_is_listed_and_every_checkpoint_verified() {
     assert!(!out.lines().any(|l| l.contains("999") && l.contains("latest")), "{out}");
     let o = run(&["verify", d]);
     assert!(!text(&o).contains("outside"), "{}", text(&o));
-    assert!(text(&o).contains("1 of 2 checkpoint(s) failed"), "{}", text(&o));
+    assert!(text(&o).contains("1 of 2 checkpoints failed"), "{}", text(&o));
 }
 
 #[test]
@@ -581,7 +581,7 @@ fn a_plain_directory_opens_its_checkpoint_and_errors_say_why_once() {
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     let missing = dir.path().join("absent.safetensors");
     let o = run(&["inspect", missing.to_str().unwrap()]);
-    assert_eq!(text(&o).matches("No such file or directory").count(), 1, "{}", text(&o));
+    assert_eq!(text(&o).matches("no such file or directory").count(), 1, "{}", text(&o));
 }
 
 #[test]

@@ -292,3 +292,98 @@ fn inspect_shows_alignment_and_tied_tensors() {
     let head = doc["tensors"].as_array().unwrap().iter().find(|t| t["name"] == "lm_head.weight").unwrap();
     assert_eq!(head["tied_to"], "embed.weight");
 }
+
+/// One convention across commands: a missing input is exit 2 everywhere; `--json` prints a JSON
+/// object on failure too, with the same status; `shard` and `merge` take their output
+/// positionally as `convert` does; `-q` everywhere; an EXIT STATUS section in every `--help`;
+/// messages in the right number; no temporary file names and no library option names in errors.
+#[test]
+fn one_convention_across_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.safetensors");
+    let m = s(&missing);
+    let out = dir.path().join("out");
+    for args in [
+        vec!["inspect", m],
+        vec!["verify", m],
+        vec!["shard", m, s(&out)],
+        vec!["merge", m, s(&out)],
+        vec!["convert", m, s(&out)],
+        vec!["diff", m, m],
+    ] {
+        let o = run(&args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", text(&o));
+        assert!(text(&o).contains("missing.safetensors: no such file or directory"), "{args:?}: {}", text(&o));
+    }
+    // JSON on failure, same status: a missing file, a malformed one.
+    let bad = dir.path().join("bad.safetensors");
+    std::fs::write(&bad, b"\x05\0\0\0\0\0\0\0{\"a\":").unwrap();
+    for (args, code, kind) in [
+        (vec!["inspect", "--json", m], 2, "not_found"),
+        (vec!["verify", "--json", m], 2, "not_found"),
+        (vec!["diff", "--json", m, m], 2, "not_found"),
+        (vec!["inspect", "--json", s(&bad)], 2, "bad_input"),
+        (vec!["verify", "--json", s(&bad)], 2, "bad_input"),
+    ] {
+        let o = run(&args);
+        assert_eq!(o.status.code(), Some(code), "{args:?}: {}", text(&o));
+        let doc: serde_json::Value =
+            serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{args:?}: {e}: {}", text(&o)));
+        assert_eq!((doc["ok"].as_bool(), doc["error"]["kind"].as_str()), (Some(false), Some(kind)), "{args:?}: {doc}");
+        assert!(!doc["error"]["message"].as_str().unwrap().is_empty());
+    }
+    // Positional outputs for shard and merge (and -o still works).
+    let src = fixtures().join("pytorch/checkpoint_adam.pth");
+    let one = dir.path().join("one.safetensors");
+    let o = run(&["convert", s(&src), s(&one), "--no-fsync"]);
+    assert!(o.status.success());
+    assert!(
+        text(&o).contains("24 tensors") && text(&o).contains("0 aliases") && text(&o).contains("3 values"),
+        "{}",
+        text(&o)
+    );
+    let o = run(&["shard", s(&one), s(&out), "--max-shard-size", "8KB", "-q", "--no-fsync"]);
+    assert!(o.status.success() && o.stdout.is_empty(), "{}", text(&o));
+    let index = out.join("model.safetensors.index.json");
+    let merged = dir.path().join("merged.safetensors");
+    assert!(run(&["merge", s(&index), s(&merged), "-q", "--no-fsync"]).status.success());
+    let again = dir.path().join("again.safetensors");
+    assert!(run(&["merge", s(&index), "-o", s(&again), "-q", "--no-fsync"]).status.success());
+    assert_eq!(run(&["merge", s(&index), s(&again), "-o", s(&again)]).status.code(), Some(2));
+    // -q on every command: nothing printed, the status says it.
+    for (args, code) in [
+        (vec!["inspect", s(&one), "-q"], 0),
+        (vec!["inspect", s(&src), "-q"], 0),
+        (vec!["verify", s(&index), "-q"], 0),
+        (vec!["diff", s(&merged), s(&one), "-q"], 0),
+        (vec!["diff", s(&src), s(&one), "-q", "--rtol", "0"], 0),
+    ] {
+        let o = run(&args);
+        assert_eq!(o.status.code(), Some(code), "{args:?}: {}", text(&o));
+        assert!(o.stdout.is_empty() && o.stderr.is_empty(), "{args:?}: {}", text(&o));
+    }
+    let tied = dir.path().join("tied.safetensors");
+    assert!(run(&["convert", s(&fixtures().join("pytorch/tied.pth")), s(&tied), "-q"]).status.success());
+    let o = run(&["diff", s(&tied), s(&one), "-q"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(o.stdout.is_empty(), "{}", text(&o));
+    // Singular where there is one.
+    let o =
+        run(&["convert", s(&fixtures().join("pytorch/tied.pth")), s(&dir.path().join("t2.safetensors")), "--no-fsync"]);
+    assert!(text(&o).contains("1 alias,") || text(&o).contains("1 alias in"), "{}", text(&o));
+    assert!(!text(&o).contains("1 aliases"), "{}", text(&o));
+    // EXIT STATUS under every --help.
+    for cmd in ["inspect", "verify", "shard", "merge", "convert", "diff", "demo"] {
+        let o = run(&[cmd, "--help"]);
+        assert!(text(&o).contains("EXIT STATUS:") && text(&o).contains("2  bad or refused input"), "{cmd}");
+    }
+    // An output that exists: the flag to pass, never the library's option; a failed write names
+    // the target, never its temporary file.
+    let o = run(&["convert", s(&src), s(&one)]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o).contains("pass --force") && !text(&o).contains("overwrite(true)"), "{}", text(&o));
+    let under_a_file = one.join("x.safetensors");
+    let o = run(&["convert", s(&src), s(&under_a_file)]);
+    assert_ne!(o.status.code(), Some(0));
+    assert!(!text(&o).contains("safeckpt-tmp") && text(&o).contains("x.safetensors"), "{}", text(&o));
+}

@@ -30,7 +30,7 @@ pub enum StoreError {
         url: String,
     },
     /// The object exists and overwriting was not allowed.
-    #[error("{url}: already exists (pass --force / `overwrite(true)` to replace it)")]
+    #[error("{url}: already exists (`WriteOptions::overwrite(true)` replaces it)")]
     Exists {
         /// The object.
         url: String,

@@ -465,7 +465,7 @@ impl RemoteSet {
 pub fn download_object(loc: &ObjectLocation, size: u64, local: &Path) -> Result<()> {
     use std::os::unix::fs::FileExt;
     let tmp = AtomicFile::create(local, true)?;
-    let io = |e| StoreError::Io { path: tmp.temp_path().to_path_buf(), source: e };
+    let io = |e| StoreError::Io { path: tmp.target().to_path_buf(), source: e };
     tmp.file().set_len(size).map_err(io)?;
     let part = loc.store.opts.part_size.max(1) as u64;
     let parts: Vec<Range<u64>> = (0..size.div_ceil(part)).map(|k| k * part..((k + 1) * part).min(size)).collect();

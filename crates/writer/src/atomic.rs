@@ -114,7 +114,7 @@ impl AtomicFile {
             .write(true)
             .create_new(true)
             .open(&temp)
-            .map_err(|e| WriteError::io(&temp, e))?;
+            .map_err(|e| WriteError::io(target, e))?;
         Ok(AtomicFile { target: target.to_path_buf(), temp, file: Some(file), overwrite })
     }
 
@@ -162,7 +162,7 @@ impl AtomicFile {
 
     /// Flushes the temporary file's data and metadata to stable storage.
     pub fn sync(&self) -> Result<()> {
-        self.file().sync_all().map_err(|e| WriteError::io(&self.temp, e))
+        self.file().sync_all().map_err(|e| WriteError::io(&self.target, e))
     }
 
     /// Renames the temporary file over the target without any flush. Callers that need
@@ -276,7 +276,7 @@ pub fn write_atomic_with(target: &Path, bytes: &[u8], fsync: bool, overwrite: bo
     use std::io::Write;
     let tmp = AtomicFile::create(target, overwrite)?;
     let mut f = tmp.file();
-    f.write_all(bytes).map_err(|e| WriteError::io(tmp.temp_path(), e))?;
+    f.write_all(bytes).map_err(|e| WriteError::io(tmp.target(), e))?;
     tmp.commit(fsync)
 }
 

@@ -67,7 +67,7 @@ pub enum WriteError {
         actual: usize,
     },
     /// The target exists and overwriting was not allowed.
-    #[error("{}: already exists (pass --force / `overwrite(true)` to replace it)", path.display())]
+    #[error("{}: already exists (`WriteOptions::overwrite(true)` replaces it)", path.display())]
     Exists {
         /// The target file.
         path: PathBuf,

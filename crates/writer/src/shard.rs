@@ -415,7 +415,7 @@ pub fn commit_set_observed(
     let staged_index = (|| {
         use std::io::Write;
         let tmp = AtomicFile::create(index_path, overwrite)?;
-        tmp.file().write_all(index.to_json().as_bytes()).map_err(|e| WriteError::io(tmp.temp_path(), e))?;
+        tmp.file().write_all(index.to_json().as_bytes()).map_err(|e| WriteError::io(tmp.target(), e))?;
         if fsync {
             tmp.sync()?;
         }
