@@ -4,29 +4,12 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
+
+mod common;
+use common::{bin, fixtures, run, s, text};
 
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
-
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_safeckpt"))
-}
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
-}
-
-fn run(args: &[&str]) -> Output {
-    bin().args(args).output().unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
 
 /// Tensor names of a file, sorted.
 fn names(bytes: &[u8]) -> Vec<String> {

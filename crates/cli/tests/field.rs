@@ -2,27 +2,9 @@
 //! real conversions compared, and the CLI's conventions.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_safeckpt"))
-}
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
-}
-
-fn run(args: &[&str]) -> Output {
-    bin().args(args).output().unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
+mod common;
+use common::{fixtures, run, s, text};
 
 /// Moves every file of `src` into a HuggingFace hub cache under `root`, as `huggingface_hub`
 /// leaves a download: `models--org--name/blobs/<hash>` holds the bytes and
