@@ -344,7 +344,7 @@ pub fn diff(a: &Path, b: &Path, tol: Tolerance, all_metadata: bool, as_json: boo
         println!("{}", f.text(a, b));
     }
     let tolerance = if tol.exact() {
-        "exactly".to_string()
+        "equal in value".to_string()
     } else {
         format!("within atol {:e} + rtol {:e} x |b|", tol.atol, tol.rtol)
     };
@@ -361,7 +361,7 @@ pub fn diff(a: &Path, b: &Path, tol: Tolerance, all_metadata: bool, as_json: boo
         );
     } else {
         println!(
-            "{}; {} identical, {within} equal {tolerance}",
+            "{}; {} identical, {within} {tolerance}",
             count(findings.len(), "difference"),
             count(identical, "tensor")
         );
