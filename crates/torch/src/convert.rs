@@ -237,6 +237,27 @@ impl TorchArchive {
         Ok(())
     }
 
+    /// Writes `tensors` (planned into `w`). Tensors copied straight from the map go one at a
+    /// time in output order: the writer hashes each large piece on a second thread while it
+    /// writes it, and concurrent writes to one file would only queue on its inode lock. Tensors
+    /// that need work on the way (cast, gathered, byte-swapped or inflated) are spread over the
+    /// pool.
+    fn write_tensors(
+        &self,
+        w: &StreamWriter,
+        tensors: &[&(TensorPlan, Dtype)],
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<()> {
+        type Planned<'p> = Vec<&'p (TensorPlan, Dtype)>;
+        let (mut direct, work): (Planned<'_>, Planned<'_>) = tensors
+            .iter()
+            .partition(|(p, out)| *out == p.dtype && p.is_zero_copy(self) && !self.storage_is_deflated(p.def.storage));
+        let offset = |p: &TensorPlan| w.layout().position(&p.name).map(|i| w.layout().file_range(i).start);
+        direct.sort_by_key(|(p, _)| offset(p));
+        direct.iter().try_for_each(|(p, out)| self.write_tensor(w, p, *out, progress))?;
+        work.par_iter().try_for_each(|(p, out)| self.write_tensor(w, p, *out, progress))
+    }
+
     /// Converts to a safetensors file (or a sharded set in the directory `output` when
     /// `max_shard_size` is set; `output/model.safetensors` alone when everything fits one shard).
     pub fn convert(
@@ -295,7 +316,7 @@ impl TorchArchive {
             };
             let specs: Vec<TensorSpec> = conv.tensors.iter().map(spec).collect();
             let w = StreamWriter::create(&file, specs, Some(conv.metadata.clone()), &opts.write)?;
-            conv.tensors.par_iter().try_for_each(|(p, out)| self.write_tensor(&w, p, *out, progress))?;
+            self.write_tensors(&w, &conv.tensors.iter().collect::<Vec<_>>(), progress)?;
             let s = w.finish()?;
             if opts.max_shard_size.is_some() && opts.write.has_overwrite() {
                 safeckpt_writer::retire_replaced_set(output, "model", opts.write.has_fsync())?;
@@ -319,9 +340,7 @@ impl TorchArchive {
                 let path = output.join(shard_file_name("model", k + 1, n));
                 let specs: Vec<TensorSpec> = group.iter().map(|&i| spec(&conv.tensors[i])).collect();
                 let w = StreamWriter::create(&path, specs, Some(conv.metadata.clone()), &opts.write)?;
-                group
-                    .par_iter()
-                    .try_for_each(|&i| self.write_tensor(&w, &conv.tensors[i].0, conv.tensors[i].1, progress))?;
+                self.write_tensors(&w, &group.iter().map(|&i| &conv.tensors[i]).collect::<Vec<_>>(), progress)?;
                 Ok(w.finish_pending()?)
             })
             .collect::<Result<_>>()?;

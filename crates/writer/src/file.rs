@@ -431,3 +431,46 @@ impl TensorWriter<'_> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use safeckpt_format::{Dtype, RawTensor};
+
+    use super::*;
+
+    /// Pieces large enough to be hashed on a second thread, pieces spanning several `pwrite`
+    /// steps and small ones, with and without checksums: the file is the parallel writer's.
+    #[test]
+    fn large_pieces_hashed_alongside_their_write() {
+        let big: Vec<u8> = (0..OVERLAP_MIN * 2 + WRITE_STEP + 13).map(|i| (i * 31 % 251) as u8).collect();
+        let small: Vec<u8> = (0..WRITE_STEP * 3 + 5).map(|i| (i * 17 % 253) as u8).collect();
+        let tensors = [
+            ("big", RawTensor::borrowed(Dtype::U8, [big.len()], &big)),
+            ("small", RawTensor::borrowed(Dtype::U8, [small.len()], &small)),
+        ];
+        let specs: Vec<TensorSpec> =
+            tensors.iter().map(|(n, t)| TensorSpec::new(*n, t.dtype(), t.shape().to_vec())).collect();
+        for checksums in [true, false] {
+            let opts = WriteOptions::new().fsync(false).checksums(checksums);
+            let dir = tempfile::tempdir().unwrap();
+            let (a, b) = (dir.path().join("a.safetensors"), dir.path().join("b.safetensors"));
+            write_file(&a, &tensors, None, &opts).unwrap();
+            let w = StreamWriter::create(&b, specs.clone(), None, &opts).unwrap();
+            let mut tw = w.begin("big").unwrap();
+            let (first, rest) = big.split_at(OVERLAP_MIN + 7);
+            tw.write(first).unwrap();
+            for piece in rest.chunks(OVERLAP_MIN - 1) {
+                tw.write(piece).unwrap();
+            }
+            tw.finish().unwrap();
+            let mut tw = w.begin("small").unwrap();
+            for piece in small.chunks(WRITE_STEP + 3) {
+                tw.write(piece).unwrap();
+            }
+            tw.finish().unwrap();
+            let summary = w.finish().unwrap();
+            assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+            assert_eq!(summary.checksums.is_some(), checksums);
+        }
+    }
+}
