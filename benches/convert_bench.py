@@ -1,22 +1,32 @@
 #!/usr/bin/env python3
-"""PyTorch -> safetensors conversion: safeckpt against its peers, measured in the same run.
+"""PyTorch -> safetensors conversion: safeckpt against its peers and the machine's copy limit,
+measured in the same run.
 
-usage: python convert_bench.py [--size-mib 1000] [--rounds 5] [--keep DIR]
-needs: torch, safetensors and numpy in this interpreter; `cargo build --release -p safeckpt-cli
--p safeckpt-benches` first (the script finds target/release/ from its own location).
+usage: python convert_bench.py [--size-mib 1000] [--rounds 5] [--keep DIR] [--pth FILE]
+needs: `cargo build --release -p safeckpt-cli -p safeckpt-benches` first (the script finds
+target/release/ from its own location, or $CARGO_TARGET_DIR). torch (with safetensors and numpy)
+makes the input and runs the torch rows; without torch, pass --pth with a file `torch.save`
+wrote elsewhere: the torch rows are then left out and outputs are checked against safeckpt's
+with safetensors' numpy loader (when installed).
 
 A transformer-shaped f32 state dict (the same shapes as `safeckpt-bench`) is saved with
-`torch.save`, then every converter runs in a fresh process, in interleaved rounds. For each we
-report the conversion time measured inside the process (open to output complete), the whole
-process's wall time, and its peak anonymous memory (RssAnon polled every millisecond: heap and
-other private memory, not the mapped file pages). No converter fsyncs (the peers cannot), so
-safeckpt runs with --no-fsync. Every output is checked against the input once.
+`torch.save`, then every converter runs in a fresh process, in interleaved rounds (the order
+rotates each round). Before each run the previous output is removed and `sync` run, so every
+run starts with the input in the page cache and no dirty pages. For each we report the time
+measured inside the process (open to output complete), the whole process's wall time, and its
+peak anonymous memory (RssAnon polled every millisecond: heap and other private memory, not
+mapped file pages). Nothing fsyncs (the peers cannot), so safeckpt runs with --no-fsync.
+
+Two rows are not converters but the machine's limit: a plain process copying the same number of
+bytes as safeckpt writes from the input into a new file, with read+write through one reused
+buffer and with copy_file_range (page cache to page cache, in the kernel).
 """
-import argparse, os, statistics, subprocess, sys, tempfile, textwrap, time
+import argparse, json, os, statistics, struct, subprocess, sys, tempfile, textwrap, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SAFECKPT = os.path.join(ROOT, "target", "release", "safeckpt")
-BENCH = os.path.join(ROOT, "target", "release", "safeckpt-bench")
+TARGET = os.environ.get("CARGO_TARGET_DIR") or os.path.join(ROOT, "target")
+SAFECKPT = os.path.join(TARGET, "release", "safeckpt")
+BENCH = os.path.join(TARGET, "release", "safeckpt-bench")
 
 PY_LOAD = textwrap.dedent("""
     import sys, time, torch
@@ -27,6 +37,17 @@ PY_LOAD = textwrap.dedent("""
     save_file(sd, dst)
     print(time.perf_counter() - t)
 """)
+
+OURS = "safeckpt convert (library call)"
+LAZY = "pytorch-reader 0.22.1 lazy + safetensors serialize_to_file"
+
+
+def have_torch():
+    try:
+        import torch, safetensors  # noqa: F401
+        return True
+    except ImportError:
+        return False
 
 
 def make_model(path, size_mib):
@@ -46,9 +67,15 @@ def make_model(path, size_mib):
         used += per_layer
         i += 1
     torch.save(sd, path)
-    largest = max(t.numel() * t.element_size() for t in sd.values())
-    total = sum(t.numel() * t.element_size() for t in sd.values())
-    return len(sd), total, largest
+
+
+def header(path):
+    """The tensors of a safetensors file: name -> (dtype, shape, byte length)."""
+    with open(path, "rb") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        h = json.loads(f.read(n))
+    return {k: (v["dtype"], v["shape"], v["data_offsets"][1] - v["data_offsets"][0])
+            for k, v in h.items() if k != "__metadata__"}
 
 
 def run(cmd):
@@ -75,64 +102,101 @@ def run(cmd):
     return wall, inner, peak
 
 
-def same_tensors(src, out):
-    import torch
-    from safetensors.torch import load_file
-    a = torch.load(src, weights_only=True)
-    b = load_file(out)
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+def same_tensors(src, out, reference, torch_ok):
+    """Checks `out` against the input (with torch) or against safeckpt's output (numpy)."""
+    if torch_ok:
+        import torch
+        from safetensors.torch import load_file
+        a = torch.load(src, weights_only=True)
+        b = load_file(out)
+        return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    try:
+        import numpy as np
+        from safetensors.numpy import load_file
+    except ImportError:
+        return header(out) == header(reference)
+    a, b = load_file(reference), load_file(out)
+    return a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--size-mib", type=int, default=1000)
     ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--keep")
+    ap.add_argument("--keep", help="work directory to use and keep")
+    ap.add_argument("--pth", help="an existing torch.save file to convert instead of making one")
+    ap.add_argument("--piece-mib", type=int, default=8, help="buffer of the read+write copy")
     a = ap.parse_args()
-    import torch, safetensors
+    torch_ok = have_torch()
     work = a.keep or tempfile.mkdtemp(prefix="safeckpt-convert-bench-")
-    src = os.path.join(work, "model.pth")
-    n, total, largest = make_model(src, a.size_mib)
+    os.makedirs(work, exist_ok=True)
+    src = a.pth or os.path.join(work, "model.pth")
+    if not a.pth:
+        if not torch_ok:
+            raise SystemExit("torch is not installed: pass --pth with a file torch.save wrote")
+        if not os.path.exists(src):
+            make_model(src, a.size_mib)
     out = lambda name: os.path.join(work, f"out-{name}.safetensors")
-    cases = {  # name -> (command, output file or None)
-        "torch.load + safetensors save_file": ([sys.executable, "-c", PY_LOAD, src, out("torch"), "0"], out("torch")),
-        "torch.load(mmap=True) + save_file": ([sys.executable, "-c", PY_LOAD, src, out("torch-mmap"), "1"], out("torch-mmap")),
-        "candle-core pickle::read_all + safetensors::save": ([BENCH, "convert", "candle", src, out("candle")], out("candle")),
-        "pytorch-reader 0.22.1 + safetensors crate": ([BENCH, "convert", "pytorch-reader", src, out("pytorch-reader")], out("pytorch-reader")),
-        "safeckpt convert (library call)": ([BENCH, "convert", "safeckpt", src, out("safeckpt-lib")], out("safeckpt-lib")),
-        "safeckpt convert (CLI, whole process)": ([SAFECKPT, "convert", src, out("safeckpt"), "--force", "--no-fsync", "-q"], out("safeckpt")),
-        "raw write_all of the same bytes": ([BENCH, "raw-write", str(total), out("raw")], None),
-    }
+    # The reference output, and the byte count the copies move.
+    run([BENCH, "convert", "safeckpt", src, out("safeckpt-lib")])
+    info = header(out("safeckpt-lib"))
+    n, total = len(info), sum(v[2] for v in info.values())
+    largest = max(v[2] for v in info.values())
+    copy_bytes = os.path.getsize(out("safeckpt-lib"))
+    cases = {}  # name -> (command, output file, is a converter)
+    if torch_ok:
+        cases["torch.load + safetensors save_file"] = ([sys.executable, "-c", PY_LOAD, src, out("torch"), "0"], out("torch"), True)
+        cases["torch.load(mmap=True) + save_file"] = ([sys.executable, "-c", PY_LOAD, src, out("torch-mmap"), "1"], out("torch-mmap"), True)
+    cases.update({
+        "candle-core pickle::read_all + safetensors::save": ([BENCH, "convert", "candle", src, out("candle")], out("candle"), True),
+        "pytorch-reader 0.22.1 eager + safetensors crate": ([BENCH, "convert", "pytorch-reader", src, out("pytorch-reader")], out("pytorch-reader"), True),
+        LAZY: ([BENCH, "convert", "pytorch-reader-lazy", src, out("pytorch-reader-lazy")], out("pytorch-reader-lazy"), True),
+        OURS: ([BENCH, "convert", "safeckpt", src, out("safeckpt-lib")], out("safeckpt-lib"), True),
+        "safeckpt convert (CLI, whole process)": ([SAFECKPT, "convert", src, out("safeckpt"), "--force", "--no-fsync", "-q"], out("safeckpt"), True),
+        f"copy, read+write {a.piece_mib} MiB buffer": ([BENCH, "copy", "read-write", str(copy_bytes), src, out("copy-rw"), "--piece-mib", str(a.piece_mib)], out("copy-rw"), False),
+        "copy, copy_file_range": ([BENCH, "copy", "copy-file-range", str(copy_bytes), src, out("copy-cfr")], out("copy-cfr"), False),
+    })
     names = list(cases)
     results = {k: [] for k in names}
     for name in names:  # warm-up (page cache) and correctness
-        cmd, dst = cases[name]
+        cmd, dst, converter = cases[name]
         run(cmd)
-        if dst is not None:
-            assert same_tensors(src, dst), name
+        if converter:
+            assert same_tensors(src, dst, out("safeckpt-lib"), torch_ok), name
     for r in range(a.rounds):
         for k in range(len(names)):
             name = names[(k + r) % len(names)]
-            cmd, dst = cases[name]
-            for f in [dst or out("raw")]:
-                if os.path.exists(f):
-                    os.remove(f)
+            cmd, dst, _ = cases[name]
+            if os.path.exists(dst):
+                os.remove(dst)
             subprocess.run(["sync"])
             results[name].append(run(cmd))
-    print(f"# convert: {n} tensors, {total / 2**30:.2f} GiB f32, largest tensor {largest / 2**20:.0f} MiB; "
-          f"torch {torch.__version__}, safetensors {safetensors.__version__}; {a.rounds} rounds; "
-          f"{os.cpu_count()} cores; {time.strftime('%Y-%m-%d')}")
-    base = {k: statistics.median(x[1] for x in results[k]) for k in names}
-    ours = base["safeckpt convert (library call)"]
-    print("\n| converter | conversion (median) | whole process (median) | peak anon memory | safeckpt is faster by |")
-    print("|---|---:|---:|---:|---:|")
+    versions = ""
+    if torch_ok:
+        import torch, safetensors
+        versions = f"torch {torch.__version__}, safetensors {safetensors.__version__}; "
+    print(f"# convert: {n} tensors, {total / 2**30:.2f} GiB, largest tensor {largest / 2**20:.0f} MiB; copies move "
+          f"{copy_bytes} bytes; {versions}{a.rounds} rounds; {os.cpu_count()} cores; {time.strftime('%Y-%m-%d')}")
     for k in names:
-        wall = statistics.median(x[0] for x in results[k])
+        print(f"# {k}: whole process {[f'{x[0]:.3f}' for x in results[k]]}")
+    inner = {k: statistics.median(x[1] for x in results[k]) for k in names}
+    wall = {k: statistics.median(x[0] for x in results[k]) for k in names}
+    print("\n| case | conversion (median) | whole process (median) | peak anon memory "
+          "| time / safeckpt's (conversion) | time / safeckpt's (whole process) |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for k in names:
         peak = max(x[2] for x in results[k])
-        speed = "-" if k.startswith("safeckpt") else f"{base[k] / ours:.2f}x"
-        print(f"| {k} | {base[k]:.3f} s | {wall:.3f} s | {peak / 1024:.0f} MiB | {speed} |")
+        print(f"| {k} | {inner[k]:.3f} s | {wall[k]:.3f} s | {peak / 1024:.0f} MiB "
+              f"| {inner[k] / inner[OURS]:.2f}x | {wall[k] / wall[OURS]:.2f}x |")
+    copies = [k for k in names if not cases[k][2]]
+    best = min(copies, key=lambda k: wall[k])
     bound = (1.2 * largest + 64 * 2**20) / 2**20
-    print(f"\nmemory bound for safeckpt: 1.2 x largest tensor + 64 MiB = {bound:.0f} MiB")
+    print(f"\nsafeckpt vs the lazy peer: {inner[LAZY] / inner[OURS]:.2f}x faster (conversion), "
+          f"{wall[LAZY] / wall[OURS]:.2f}x (whole process); target >= 1.3x")
+    print(f"safeckpt vs the fastest copy ({best}): {wall[OURS] / wall[best]:.2f}x its time (whole process), "
+          f"{inner[OURS] / inner[best]:.2f}x (in process); target <= 1.20x")
+    print(f"memory bound for safeckpt: 1.2 x largest tensor + 64 MiB = {bound:.0f} MiB; "
+          f"peak {max(x[2] for x in results[OURS]) / 1024:.0f} MiB")
 
 
 if __name__ == "__main__":

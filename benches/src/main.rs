@@ -76,20 +76,27 @@ enum Scenario {
     /// Convert a PyTorch file with one of the converters, in this process; prints the seconds the
     /// conversion took (used by `benches/convert_bench.py`, which also times the whole process).
     Convert {
-        /// `safeckpt`, `candle` or `pytorch-reader`.
+        /// `safeckpt`, `candle`, `pytorch-reader` (eager) or `pytorch-reader-lazy`.
         converter: String,
         /// The PyTorch file.
         input: std::path::PathBuf,
         /// The safetensors file to write.
         output: std::path::PathBuf,
     },
-    /// Write `bytes` bytes of a pre-filled buffer with one `write_all` (the raw baseline of the
-    /// conversion benchmark); prints the seconds the write took.
-    RawWrite {
-        /// Bytes to write.
-        bytes: usize,
-        /// Target file.
+    /// Copy the first `bytes` bytes of a file into a new file, the machine's streaming limit for
+    /// the conversion benchmark; prints the seconds the copy took.
+    Copy {
+        /// `read-write` (one reused buffer) or `copy-file-range`.
+        method: String,
+        /// Bytes to copy.
+        bytes: u64,
+        /// The file to copy from.
+        input: std::path::PathBuf,
+        /// The file to create.
         output: std::path::PathBuf,
+        /// Buffer size for `read-write`, KiB.
+        #[arg(long, default_value_t = 8192)]
+        piece_kib: usize,
     },
     /// One object-store operation (`save`, `load`, `tensor`, `write-local`) on `url`, timed in
     /// this process; prints JSON (used by `benches/s3_bench.py`).
@@ -132,7 +139,9 @@ fn main() -> Result<()> {
         Scenario::LoadChild { case, path } => return scenarios::load_child(case, path),
         Scenario::CandleLoadChild { case, path } => return candle_bench::load_child(case, path),
         Scenario::Convert { converter, input, output } => return convert::run(converter, input, output),
-        Scenario::RawWrite { bytes, output } => return convert::raw_write(*bytes, output),
+        Scenario::Copy { method, bytes, input, output, piece_kib } => {
+            return convert::copy(method, *bytes, input, output, *piece_kib);
+        }
         Scenario::S3 { op, url, tensor, part_mib, concurrency } => {
             let store = safeckpt_store::StoreOptions {
                 part_size: part_mib << 20,
@@ -167,7 +176,7 @@ fn main() -> Result<()> {
             | Scenario::LoadChild { .. }
             | Scenario::CandleLoadChild { .. }
             | Scenario::Convert { .. }
-            | Scenario::RawWrite { .. }
+            | Scenario::Copy { .. }
             | Scenario::S3 { .. } => {
                 unreachable!()
             }
