@@ -114,16 +114,25 @@ enum Command {
     /// refused or broken (no output is written).
     #[command(after_help = EXIT_STATUS)]
     Convert {
-        /// The PyTorch file.
+        /// The PyTorch file; or, with --dtype, a safetensors file, sharded set or folder to cast.
         input: PathBuf,
         /// The safetensors file to write (a directory with --max-shard-size).
         output: PathBuf,
         /// Convert only this sub-tree, e.g. `model_state_dict` (its prefix is removed).
         #[arg(long)]
         key: Option<String>,
-        /// Cast floating tensors to this type: bf16, f16 or f32.
+        /// Cast floating tensors to this type: bf16, f16 or f32. Optimizer state (tensors under a
+        /// top-level key containing `optim`) and integer tensors keep their type unless
+        /// --cast-only says otherwise.
         #[arg(long)]
         dtype: Option<String>,
+        /// With --dtype: cast only tensors whose name matches this glob (`*` matches dots too);
+        /// may be repeated. Replaces the default, which leaves optimizer state alone.
+        #[arg(long, value_name = "GLOB", requires = "dtype")]
+        cast_only: Vec<String>,
+        /// With --dtype: keep the type of tensors whose name matches this glob; may be repeated.
+        #[arg(long, value_name = "GLOB", requires = "dtype")]
+        keep_dtype: Vec<String>,
         /// Write tied weights as real copies instead of recording aliases in the metadata.
         #[arg(long)]
         keep_aliases: bool,
@@ -266,12 +275,25 @@ fn run(cli: Cli) -> Result<i32> {
             }
             Ok(EXIT_OK)
         }
-        Command::Convert { input, output, key, dtype, keep_aliases, max_shard_size, max_output_size, write } => {
+        Command::Convert {
+            input,
+            output,
+            key,
+            dtype,
+            cast_only,
+            keep_dtype,
+            keep_aliases,
+            max_shard_size,
+            max_output_size,
+            write,
+        } => {
             let input = remote::local_input(&input, &store, write.quiet)?;
             let out = remote::output(&output, &store, write.force)?;
             let args = torch_cmd::ConvertArgs {
                 key: key.as_deref(),
                 dtype: dtype.as_deref(),
+                cast_only: &cast_only,
+                keep_dtype: &keep_dtype,
                 keep_aliases,
                 max_shard_size: max_shard_size.as_deref(),
                 max_output_size: max_output_size.as_deref(),

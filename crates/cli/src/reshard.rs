@@ -1,14 +1,15 @@
 //! `safeckpt shard` and `safeckpt merge`.
 
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use safeckpt_format::Metadata;
+use safeckpt_format::{Dtype, Metadata, TensorSource};
 use safeckpt_reader::{GlobalSource, ShardedReader};
 use safeckpt_writer::{WriteOptions, parse_size, write_file_with_progress, write_sharded};
 
-use crate::util::{count, human_bytes, human_duration, progress_bar};
+use crate::util::{count, human_bytes, human_duration, progress_bar, thousands};
 
 /// Metadata of a set: the union of every shard's, first value wins.
 fn merged_metadata(set: &ShardedReader) -> Option<Metadata> {
@@ -71,4 +72,85 @@ pub fn merge(index: &Path, out: &Path, opts: &WriteOptions, quiet: bool) -> Resu
         );
     }
     Ok(s.path)
+}
+
+/// A tensor of a set, cast to another floating type as it is written, or passed through.
+struct MaybeCast<'a> {
+    inner: GlobalSource<'a>,
+    to: Option<Dtype>,
+}
+
+impl TensorSource for MaybeCast<'_> {
+    fn dtype(&self) -> Dtype {
+        self.to.unwrap_or_else(|| self.inner.dtype())
+    }
+    fn shape(&self) -> &[usize] {
+        self.inner.shape()
+    }
+    fn data(&self) -> Cow<'_, [u8]> {
+        match self.to {
+            None => self.inner.data(),
+            Some(to) => {
+                let mut out = Vec::new();
+                safeckpt_torch::cast(&self.inner.data(), self.inner.dtype(), to, &mut out);
+                Cow::Owned(out)
+            }
+        }
+    }
+}
+
+/// `convert --dtype` of a safetensors file, sharded set or folder: the tensors the policy selects
+/// are cast as they are written (one tensor at a time per writer thread; the others are copied
+/// from the map), into one file or, with `max_shard_size`, a sharded set. The metadata is kept.
+pub fn cast_set(
+    input: &Path,
+    output: &Path,
+    policy: &safeckpt_torch::CastPolicy,
+    max_shard_size: Option<u64>,
+    opts: &WriteOptions,
+    quiet: bool,
+) -> Result<()> {
+    let start = Instant::now();
+    let set = ShardedReader::open(input)?;
+    let to = policy.to().dtype();
+    let mut cast = 0;
+    let tensors: Vec<(&str, MaybeCast<'_>)> = views(&set)
+        .into_iter()
+        .map(|(name, inner)| {
+            let applies = policy.applies(name, inner.dtype());
+            cast += usize::from(applies);
+            (name, MaybeCast { inner, to: applies.then_some(to) })
+        })
+        .collect();
+    let pb = if quiet { indicatif::ProgressBar::hidden() } else { progress_bar(set.data_len(), "convert") };
+    let mut meta = merged_metadata(&set);
+    if let Some(m) = &mut meta {
+        // The writer records new checksums for the new bytes.
+        m.remove(safeckpt_format::INTEGRITY_KEY);
+    }
+    let context = || format!("converting {} into {}", input.display(), output.display());
+    let (written, bytes) = match max_shard_size {
+        Some(max) => {
+            let s = write_sharded(output, "model", &tensors, meta, max, opts, &|n| pb.inc(n)).with_context(context)?;
+            let bytes = s.shards.iter().map(|f| f.bytes).sum();
+            (s.index.unwrap_or_else(|| output.join("model.safetensors")), bytes)
+        }
+        None => {
+            let s = write_file_with_progress(output, &tensors, meta, opts, &|n| pb.inc(n)).with_context(context)?;
+            (s.path, s.bytes)
+        }
+    };
+    pb.finish_and_clear();
+    if !quiet {
+        println!("converted {} (safetensors) -> {}", input.display(), written.display());
+        println!(
+            "  {} ({}), {} cast to {}, the rest as they were, in {}",
+            count(tensors.len(), "tensor"),
+            human_bytes(bytes),
+            thousands(cast as u64),
+            to.as_str(),
+            human_duration(start.elapsed())
+        );
+    }
+    Ok(())
 }

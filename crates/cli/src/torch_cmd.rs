@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use anyhow::Result;
 use safeckpt_format::FileKind;
-use safeckpt_torch::{ArchiveFormat, CastTo, ConvertOptions, TorchArchive, TorchError};
+use safeckpt_torch::{ArchiveFormat, CastPolicy, CastTo, ConvertOptions, TorchArchive, TorchError};
 use safeckpt_writer::WriteOptions;
 use serde_json::json;
 
@@ -46,6 +46,8 @@ fn exit_for(e: TorchError) -> anyhow::Error {
 pub struct ConvertArgs<'a> {
     pub key: Option<&'a str>,
     pub dtype: Option<&'a str>,
+    pub cast_only: &'a [String],
+    pub keep_dtype: &'a [String],
     pub keep_aliases: bool,
     pub max_shard_size: Option<&'a str>,
     pub max_output_size: Option<&'a str>,
@@ -57,7 +59,30 @@ pub struct ConvertArgs<'a> {
 pub fn convert(input: &Path, output: &Path, args: &ConvertArgs<'_>) -> Result<()> {
     let start = Instant::now();
     let dtype = args.dtype.map(|d| d.parse::<CastTo>()).transpose().map_err(|e| Exit(EXIT_BAD_INPUT, e))?;
+    let policy = dtype
+        .map(|to| CastPolicy::new(to, args.cast_only, args.keep_dtype))
+        .transpose()
+        .map_err(|e| Exit(EXIT_BAD_INPUT, e))?;
     let max_shard_size = args.max_shard_size.map(safeckpt_writer::parse_size).transpose()?;
+    if !is_torch_file(input) && safeckpt_reader::ShardedReader::open(input).is_ok() {
+        // A safetensors file, set or folder: cast it (the one conversion it can need).
+        let Some(policy) = &policy else {
+            return Err(Exit(
+                EXIT_BAD_INPUT,
+                format!(
+                    "{}: a safetensors file already; --dtype casts it, `safeckpt shard` and `merge` reshape it",
+                    input.display()
+                ),
+            )
+            .into());
+        };
+        if args.key.is_some() {
+            return Err(
+                Exit(EXIT_BAD_INPUT, "--key selects part of a PyTorch file, not of a safetensors one".into()).into()
+            );
+        }
+        return crate::reshard::cast_set(input, output, policy, max_shard_size, &args.write, args.quiet);
+    }
     let max_output_size = args
         .max_output_size
         .map(safeckpt_writer::parse_size)

@@ -369,3 +369,72 @@ fn one_convention_across_commands() {
     assert_ne!(o.status.code(), Some(0));
     assert!(!text(&o).contains("safeckpt-tmp") && text(&o).contains("x.safetensors"), "{}", text(&o));
 }
+
+/// The dtype of every tensor of a safetensors file or set, by name.
+fn dtypes(path: &Path) -> std::collections::BTreeMap<String, String> {
+    let doc: serde_json::Value = serde_json::from_slice(&run(&["inspect", s(path), "--json"]).stdout).unwrap();
+    doc["tensors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| (t["name"].as_str().unwrap().to_string(), t["dtype"].as_str().unwrap().to_string()))
+        .collect()
+}
+
+/// `convert --dtype` casts weights and leaves training state alone: optimizer moments and step
+/// counters keep their type (bf16 cannot count past 256), integers are never cast; globs say
+/// otherwise; safetensors files, sharded sets and folders are accepted as input.
+#[test]
+fn convert_dtype_casts_weights_not_training_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let run_dir = dir.path().join("run");
+    assert!(run(&["demo", "--dir", s(&run_dir), "--epochs", "1", "-q"]).status.success());
+    let ckpt = std::fs::read_dir(&run_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("ckpt-"))
+        .unwrap();
+    let before = dtypes(&ckpt);
+    assert!(before.keys().any(|k| k.starts_with("optimizer.") && k.ends_with(".step")), "{before:?}");
+    let bf16 = dir.path().join("bf16.safetensors");
+    let o = run(&["convert", s(&ckpt), s(&bf16), "--dtype", "bf16", "--no-fsync"]);
+    assert!(o.status.success(), "{}", text(&o));
+    for (name, dtype) in dtypes(&bf16) {
+        let want = if name.starts_with("model.") { "BF16" } else { before[&name].as_str() };
+        assert_eq!(dtype, want, "{name}");
+    }
+    // The values are the source's to bf16's precision, and the rest is bit for bit.
+    let o = run(&["diff", s(&ckpt), s(&bf16), "--rtol", "4e-3"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_eq!(run(&["verify", s(&bf16), "-q"]).status.code(), Some(0));
+    // Globs: only the moments; everything but fc1.
+    let only = dir.path().join("only.safetensors");
+    let o = run(&["convert", s(&ckpt), s(&only), "--dtype", "f16", "--cast-only", "optimizer.*.exp_avg*", "-q"]);
+    assert!(o.status.success(), "{}", text(&o));
+    for (name, dtype) in dtypes(&only) {
+        let moment = name.starts_with("optimizer.") && name.contains(".exp_avg");
+        assert_eq!(dtype, if moment { "F16" } else { before[&name].as_str() }, "{name}");
+    }
+    let keep = dir.path().join("keep.safetensors");
+    assert!(
+        run(&["convert", s(&ckpt), s(&keep), "--dtype", "bf16", "--keep-dtype", "model.fc1.*", "-q"]).status.success()
+    );
+    let kept = dtypes(&keep);
+    assert_eq!(kept["model.fc1.weight"], "F32");
+    assert_eq!(kept["model.fc2.weight"], "BF16");
+    // A sharded set (through its folder) in, a sharded set out.
+    let sharded = dir.path().join("sharded");
+    assert!(run(&["shard", s(&ckpt), s(&sharded), "--max-shard-size", "16KB", "-q"]).status.success());
+    let out = dir.path().join("out");
+    let o = run(&["convert", s(&sharded), s(&out), "--dtype", "bf16", "--max-shard-size", "16KB", "-q"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(out.join("model.safetensors.index.json").exists());
+    assert_eq!(dtypes(&out), dtypes(&bf16));
+    assert_eq!(run(&["diff", s(&out), s(&bf16)]).status.code(), Some(0));
+    // Without --dtype there is nothing to convert; a bad glob is refused.
+    let o = run(&["convert", s(&ckpt), s(&dir.path().join("x.safetensors"))]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let o = run(&["convert", s(&ckpt), s(&dir.path().join("x.safetensors")), "--dtype", "bf16", "--cast-only", "["]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("--cast-only `[`"), "{}", text(&o));
+}

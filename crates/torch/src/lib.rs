@@ -31,6 +31,7 @@
 #![deny(missing_docs)]
 
 mod archive;
+mod cast;
 mod convert;
 mod error;
 pub mod flatten;
@@ -46,6 +47,7 @@ pub use archive::{
     ArchiveFormat, MAX_PICKLE_LEN, OUTPUT_FACTOR, OUTPUT_SLACK, StorageData, StorageInfo, TORCH_LEGACY_MAGIC,
     TorchArchive, default_output_limit,
 };
+pub use cast::{CastPolicy, is_optimizer_state};
 pub use convert::{CONVERT_CHUNK, CastTo, Conversion, ConvertOptions, ConvertSummary, cast, convert};
 pub use error::{Result, TorchError};
 pub use tensor::{Chunk, TensorPlan, is_contiguous};
