@@ -90,7 +90,7 @@ pub fn convert(input: &Path, output: &Path, args: &ConvertArgs<'_>) -> Result<()
         .map_err(|e| Exit(EXIT_BAD_INPUT, format!("--max-output-size: {e}")))?;
     let opts = ConvertOptions {
         key: args.key.map(str::to_string),
-        dtype,
+        cast: policy,
         keep_aliases: args.keep_aliases,
         max_shard_size,
         max_output_size,

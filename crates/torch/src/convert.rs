@@ -11,6 +11,7 @@ use safeckpt_format::{Dtype, Metadata, ShardIndex, TensorSpec};
 use safeckpt_writer::{PendingFile, StreamWriter, WriteOptions, commit_set, index_file_name, plan_shards};
 
 use crate::archive::{ArchiveFormat, TorchArchive};
+use crate::cast::CastPolicy;
 use crate::error::{Result, TorchError};
 use crate::flatten::flatten;
 use crate::tensor::{Chunk, TensorPlan};
@@ -58,8 +59,9 @@ impl FromStr for CastTo {
 pub struct ConvertOptions {
     /// Convert only this sub-tree (e.g. `model_state_dict`), without its prefix.
     pub key: Option<String>,
-    /// Cast floating tensors (F64, F32, F16, BF16) to this type.
-    pub dtype: Option<CastTo>,
+    /// Cast the floating tensors this policy selects (by default those outside optimizer state;
+    /// see [`CastPolicy`]).
+    pub cast: Option<CastPolicy>,
     /// Write tied tensors as real copies instead of recording aliases in the metadata.
     pub keep_aliases: bool,
     /// Split the output into shards of at most this many bytes, with an index.
@@ -169,8 +171,8 @@ impl TorchArchive {
             .zip(keep)
             .filter(|(_, k)| *k)
             .map(|(p, _)| {
-                let out = match opts.dtype {
-                    Some(c) if matches!(p.dtype, Dtype::F64 | Dtype::F32 | Dtype::F16 | Dtype::BF16) => c.dtype(),
+                let out = match &opts.cast {
+                    Some(policy) if policy.applies(&p.name, p.dtype) => policy.to().dtype(),
                     _ => p.dtype,
                 };
                 (p, out)

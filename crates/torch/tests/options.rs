@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use half::bf16;
 use safeckpt_format::Dtype;
 use safeckpt_reader::{Reader, ShardedReader};
-use safeckpt_torch::{CastTo, ConvertOptions, TorchArchive};
+use safeckpt_torch::{CastPolicy, CastTo, ConvertOptions, TorchArchive};
 use safeckpt_writer::WriteOptions;
 
 fn fixture(name: &str) -> PathBuf {
@@ -35,7 +35,8 @@ fn dtype_casts_floating_tensors_only() {
     let d = tempfile::tempdir().unwrap();
     let out = d.path().join("bf16.safetensors");
     let a = TorchArchive::open(fixture("dtypes.pth")).unwrap();
-    let s = a.convert(&out, &ConvertOptions { dtype: Some(CastTo::BF16), ..opts() }, &|_| {}).unwrap();
+    let bf16_all = CastPolicy::new(CastTo::BF16, &[], &[]).unwrap();
+    let s = a.convert(&out, &ConvertOptions { cast: Some(bf16_all), ..opts() }, &|_| {}).unwrap();
     assert_eq!(s.cast, 3, "f32, f16 and f64 become bf16");
     let r = Reader::open(&out).unwrap();
     for (name, want) in [
@@ -54,6 +55,31 @@ fn dtype_casts_floating_tensors_only() {
     let f: Vec<f32> = orig.data.chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
     let b: &[bf16] = r.tensor("f32").unwrap().as_slice().unwrap();
     assert_eq!(b, f.iter().map(|&x| bf16::from_f32(x)).collect::<Vec<_>>());
+}
+
+/// A training checkpoint cast to bf16: the weights are, the optimizer's moments and its float
+/// step counters (which bf16 cannot count past 256) are not.
+#[test]
+fn dtype_leaves_optimizer_state_alone() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("bf16.safetensors");
+    let a = TorchArchive::open(fixture("checkpoint_adam.pth")).unwrap();
+    let policy = CastPolicy::new(CastTo::BF16, &[], &[]).unwrap();
+    let s = a.convert(&out, &ConvertOptions { cast: Some(policy), ..opts() }, &|_| {}).unwrap();
+    let r = Reader::open(&out).unwrap();
+    let mut seen = (0, 0);
+    for t in r.tensors() {
+        if t.name().starts_with("model_state_dict.") {
+            assert_eq!(t.dtype(), Dtype::BF16, "{}", t.name());
+            seen.0 += 1;
+        } else {
+            assert!(t.name().starts_with("optimizer_state_dict."), "{}", t.name());
+            assert_eq!(t.dtype(), Dtype::F32, "{}", t.name());
+            seen.1 += 1;
+        }
+    }
+    assert_eq!(seen, (6, 18));
+    assert_eq!(s.cast, 6);
 }
 
 #[test]
