@@ -17,9 +17,10 @@ measured inside the process (open to output complete), the whole process's wall 
 peak anonymous memory (RssAnon polled every millisecond: heap and other private memory, not
 mapped file pages). Nothing fsyncs (the peers cannot), so safeckpt runs with --no-fsync.
 
-Two rows are not converters but the machine's limit: a plain process copying the same number of
+The "copy" rows are not converters but the machine's limit: a plain process copying the same number of
 bytes as safeckpt writes from the input into a new file, with read+write through one reused
-buffer and with copy_file_range (page cache to page cache, in the kernel).
+buffer (8 MiB and 256 KiB by default) and with copy_file_range (page cache to page cache, in the
+kernel); the fastest of them is the limit the targets refer to.
 """
 import argparse, json, os, statistics, struct, subprocess, sys, tempfile, textwrap, time
 
@@ -125,7 +126,8 @@ def main():
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--keep", help="work directory to use and keep")
     ap.add_argument("--pth", help="an existing torch.save file to convert instead of making one")
-    ap.add_argument("--piece-mib", type=int, default=8, help="buffer of the read+write copy")
+    ap.add_argument("--piece-kib", type=int, nargs="+", default=[8192, 256],
+                    help="buffer sizes of the read+write copies (one row each)")
     a = ap.parse_args()
     torch_ok = have_torch()
     work = a.keep or tempfile.mkdtemp(prefix="safeckpt-convert-bench-")
@@ -153,7 +155,9 @@ def main():
         LAZY: ([BENCH, "convert", "pytorch-reader-lazy", src, out("pytorch-reader-lazy")], out("pytorch-reader-lazy"), True),
         OURS: ([BENCH, "convert", "safeckpt", src, out("safeckpt-lib")], out("safeckpt-lib"), True),
         "safeckpt convert (CLI, whole process)": ([SAFECKPT, "convert", src, out("safeckpt"), "--force", "--no-fsync", "-q"], out("safeckpt"), True),
-        f"copy, read+write {a.piece_mib} MiB buffer": ([BENCH, "copy", "read-write", str(copy_bytes), src, out("copy-rw"), "--piece-mib", str(a.piece_mib)], out("copy-rw"), False),
+        **{f"copy, read+write {kib // 1024} MiB buffer" if kib >= 1024 else f"copy, read+write {kib} KiB buffer":
+           ([BENCH, "copy", "read-write", str(copy_bytes), src, out(f"copy-rw-{kib}"), "--piece-kib", str(kib)], out(f"copy-rw-{kib}"), False)
+           for kib in a.piece_kib},
         "copy, copy_file_range": ([BENCH, "copy", "copy-file-range", str(copy_bytes), src, out("copy-cfr")], out("copy-cfr"), False),
     })
     names = list(cases)
