@@ -7,6 +7,13 @@ use safeckpt_format::{Header, Layout, LayoutOptions, TensorSpec};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(h) = Header::parse(data) else { return };
+    // Every valid file is recognised as safetensors by structure (whatever its first bytes), as
+    // long as its `{` comes within the bytes detection looks at.
+    let brace = data.iter().skip(8).position(|&b| b == b'{').unwrap_or(usize::MAX);
+    if brace + 8 < safeckpt_format::detect::HEAD_LEN {
+        let tail = &data[data.len().saturating_sub(safeckpt_format::detect::TAIL_LEN)..];
+        assert_eq!(safeckpt_format::detect(data, tail, data.len() as u64), safeckpt_format::FileKind::Safetensors);
+    }
     // Invariants of a valid header.
     let mut end = 0;
     for t in h.tensors() {

@@ -8,8 +8,9 @@
 
 use crate::header::{LEN_PREFIX, MAX_HEADER_LEN};
 
-/// Bytes of the file's beginning [`detect`] looks at.
-pub const HEAD_LEN: usize = LEN_PREFIX + 1;
+/// Bytes of the file's beginning [`detect`] looks at: the length prefix, and enough of the
+/// header to find its `{` after any JSON whitespace a writer left before it.
+pub const HEAD_LEN: usize = LEN_PREFIX + 64;
 
 /// Bytes of the file's end [`detect`] looks at: an end-of-central-directory record (22 bytes)
 /// and the longest zip comment after it.
@@ -42,13 +43,19 @@ pub fn detect(head: &[u8], tail: &[u8], file_len: u64) -> FileKind {
     }
 }
 
-/// A header length that fits the file and the limit, followed by `{`.
+/// A header length that fits the file and the limit, followed by `{` (after JSON whitespace,
+/// which parsers accept, within the header and the bytes given).
 fn plausible_safetensors(head: &[u8], file_len: u64) -> bool {
-    let (Some(len), Some(&brace)) = (head.get(..LEN_PREFIX), head.get(LEN_PREFIX)) else { return false };
+    let Some(len) = head.get(..LEN_PREFIX) else { return false };
     let mut le = [0u8; LEN_PREFIX];
     le.copy_from_slice(len);
     let n = u64::from_le_bytes(le);
-    brace == b'{' && (2..=MAX_HEADER_LEN).contains(&n) && n <= file_len.saturating_sub(LEN_PREFIX as u64)
+    if !(2..=MAX_HEADER_LEN).contains(&n) || n > file_len.saturating_sub(LEN_PREFIX as u64) {
+        return false;
+    }
+    let header = head.get(LEN_PREFIX..).unwrap_or_default();
+    let header = header.get(..usize::try_from(n).unwrap_or(usize::MAX).min(header.len())).unwrap_or_default();
+    header.iter().find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r')) == Some(&b'{')
 }
 
 /// An end-of-central-directory record whose comment ends the file exactly and whose directory
@@ -117,5 +124,15 @@ mod tests {
         assert_eq!(detect(&[], &[], 0), FileKind::Other);
         assert_eq!(detect(&[0x80], &[0x80], 1), FileKind::Other);
         assert_eq!(detect(&[1, 0, 0, 0, 0, 0, 0, 0, b'{'], &[], 9), FileKind::Other);
+    }
+
+    #[test]
+    fn json_whitespace_before_the_brace_is_allowed() {
+        let mut head = 0x80u64.to_le_bytes().to_vec();
+        head.extend_from_slice(b" \n\t{");
+        assert_eq!(detect(&head, &[], 0x88), FileKind::Safetensors);
+        let mut not_json = 0x80u64.to_le_bytes().to_vec();
+        not_json.extend_from_slice(b"  x{");
+        assert_eq!(detect(&not_json, &[], 0x88), FileKind::Other);
     }
 }
