@@ -431,7 +431,10 @@ struct LoopRun {
 /// followed by `every` steps of training, as in the middle of a long run. The asynchronous
 /// variant ends with waiting for its last save to commit.
 pub(crate) fn train_loop(size_mib: usize, rounds: usize, steps: usize, every: usize, tokens: usize) -> Result<()> {
-    anyhow::ensure!(every > 0 && steps >= every && steps.is_multiple_of(every), "--steps must be a multiple of --every");
+    anyhow::ensure!(
+        every > 0 && steps >= every && steps.is_multiple_of(every),
+        "--steps must be a multiple of --every"
+    );
     let (vm, bytes) = varmap(size_mib)?;
     let vars = varmap_vars(&vm);
     let gpt = Gpt::new(&vm);

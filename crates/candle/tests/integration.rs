@@ -2,8 +2,8 @@
 
 mod candle_loaders;
 mod checkpoint;
-mod idioms;
 mod common;
+mod idioms;
 mod manager;
 mod manager_safety;
 mod optim;
