@@ -80,12 +80,13 @@ def main():
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--bench", default=BENCH, help="the safeckpt-bench binary")
     ap.add_argument("--sweep", action="store_true", help="time boto3's transfer settings instead")
-    # boto3's best settings in a --sweep on the reference machine (docs/benchmarks.md).
-    ap.add_argument("--upload-part-mib", type=int, default=8)
-    ap.add_argument("--upload-threads", type=int, default=10)
+    # boto3's best settings (lowest median) in a --sweep on the reference machine, 2026-12-02
+    # (docs/benchmarks.md); rerun the sweep on another machine and pass its best here.
+    ap.add_argument("--upload-part-mib", type=int, default=64)
+    ap.add_argument("--upload-threads", type=int, default=4)
     ap.add_argument("--download-part-mib", type=int, default=8)
     ap.add_argument("--download-threads", type=int, default=10)
-    ap.add_argument("--download-io-kib", type=int, default=256)
+    ap.add_argument("--download-io-kib", type=int, default=1024)
     args = ap.parse_args()
     BENCH = args.bench
     import boto3
