@@ -123,7 +123,9 @@ fn sharded_checkpoints_upload_their_index_last_and_retention_deletes_them() {
 #[test]
 fn one_writer_per_prefix_and_a_dead_writers_lease_is_taken_over() {
     let Some(server) = s3::Server::start() else { return };
-    let ttl = std::time::Duration::from_millis(1500);
+    // Long enough that a renewal delayed by a loaded machine (two cores shared with other test
+    // processes) does not lose a live writer's lease.
+    let ttl = std::time::Duration::from_millis(4000);
     let opts = ManagerOptions { lease_ttl: ttl, ..options(None) };
     let (_, _, vars) = seeded_model(6);
     let mut first =
@@ -150,7 +152,7 @@ fn one_writer_per_prefix_and_a_dead_writers_lease_is_taken_over() {
     // A writer that died holding the lease (its record stays, never renewed): the next one waits
     // one time-to-live, then takes over.
     let lease = server.location("runs/shared/.lock", StoreOptions::default());
-    let record = br#"{"holder":"pid 4242 on node-7","token":"dead","ttl_ms":1500,"renewal":9,"written_unix_ms":0}"#;
+    let record = br#"{"holder":"pid 4242 on node-7","token":"dead","ttl_ms":4000,"renewal":9,"written_unix_ms":0}"#;
     safeckpt_candle::store::put_bytes(&lease, record.to_vec()).unwrap();
     let t = std::time::Instant::now();
     let mut third =
