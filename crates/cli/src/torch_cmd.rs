@@ -16,7 +16,7 @@ use crate::util::{
 };
 
 /// Whether a file is a PyTorch file (a zip archive or a legacy pickle) rather than safetensors,
-/// judged by its structure ([`safeckpt_format::detect`]): a safetensors file whose header length
+/// judged by its structure ([`safeckpt_format::detect()`]): a safetensors file whose header length
 /// happens to begin with `0x80` or `PK` is still safetensors.
 pub fn is_torch_file(path: &Path) -> bool {
     use safeckpt_format::detect::{HEAD_LEN, TAIL_LEN};

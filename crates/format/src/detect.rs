@@ -8,11 +8,11 @@
 
 use crate::header::{LEN_PREFIX, MAX_HEADER_LEN};
 
-/// Bytes of the file's beginning [`detect`] looks at: the length prefix, and enough of the
+/// Bytes of the file's beginning [`detect()`] looks at: the length prefix, and enough of the
 /// header to find its `{` after any JSON whitespace a writer left before it.
 pub const HEAD_LEN: usize = LEN_PREFIX + 64;
 
-/// Bytes of the file's end [`detect`] looks at: an end-of-central-directory record (22 bytes)
+/// Bytes of the file's end [`detect()`] looks at: an end-of-central-directory record (22 bytes)
 /// and the longest zip comment after it.
 pub const TAIL_LEN: usize = 22 + 65_535;
 

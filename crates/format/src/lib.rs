@@ -8,7 +8,7 @@
 //!   writer for the same tensors and at most one metadata key, deterministic beyond that;
 //! - [`integrity`]: the per-tensor and header checksums safeckpt records in `__metadata__`;
 //! - [`ShardIndex`]: HuggingFace `*.safetensors.index.json` files;
-//! - [`detect`]: what a file is (safetensors, a zip, a pickle), by its structure;
+//! - [`detect()`]: what a file is (safetensors, a zip, a pickle), by its structure;
 //! - [`TensorSource`]: the trait writers take their input through.
 //!
 //! ```
