@@ -11,16 +11,17 @@ with safetensors' numpy loader (when installed).
 
 A transformer-shaped f32 state dict (the same shapes as `safeckpt-bench`) is saved with
 `torch.save`, then every converter runs in a fresh process, in interleaved rounds (the order
-rotates each round). Before each run the previous output is removed and `sync` run, so every
-run starts with the input in the page cache and no dirty pages. For each we report the time
-measured inside the process (open to output complete), the whole process's wall time, and its
-peak anonymous memory (RssAnon polled every millisecond: heap and other private memory, not
-mapped file pages). Nothing fsyncs (the peers cannot), so safeckpt runs with --no-fsync.
+rotates each round). Every output is removed right after its run and `sync` run, so every run
+starts in the same state: the input in the page cache, no output of any case, no dirty pages.
+For each we report the time measured inside the process (open to output complete), the whole
+process's wall time, and its peak anonymous memory (RssAnon polled every millisecond: heap and
+other private memory, not mapped file pages). Nothing fsyncs (the peers cannot), so safeckpt
+runs with --no-fsync. Every converter's output is checked once, in the warm-up round.
 
-The "copy" rows are not converters but the machine's limit: a plain process copying the same number of
-bytes as safeckpt writes from the input into a new file, with read+write through one reused
-buffer (8 MiB and 256 KiB by default) and with copy_file_range (page cache to page cache, in the
-kernel); the fastest of them is the limit the targets refer to.
+The "copy" rows are not converters but the machine's limit: a plain process copying the same
+number of bytes as safeckpt writes from the input into a new file, with read+write through one
+reused buffer (8 MiB and 256 KiB by default) and with copy_file_range (page cache to page cache,
+in the kernel); the fastest of them is the limit the targets refer to.
 """
 import argparse, json, os, statistics, struct, subprocess, sys, tempfile, textwrap, time
 
@@ -140,11 +141,12 @@ def main():
             make_model(src, a.size_mib)
     out = lambda name: os.path.join(work, f"out-{name}.safetensors")
     # The reference output, and the byte count the copies move.
-    run([BENCH, "convert", "safeckpt", src, out("safeckpt-lib")])
-    info = header(out("safeckpt-lib"))
+    reference = out("reference")
+    run([BENCH, "convert", "safeckpt", src, reference])
+    info = header(reference)
     n, total = len(info), sum(v[2] for v in info.values())
     largest = max(v[2] for v in info.values())
-    copy_bytes = os.path.getsize(out("safeckpt-lib"))
+    copy_bytes = os.path.getsize(reference)
     cases = {}  # name -> (command, output file, is a converter)
     if torch_ok:
         cases["torch.load + safetensors save_file"] = ([sys.executable, "-c", PY_LOAD, src, out("torch"), "0"], out("torch"), True)
@@ -162,19 +164,27 @@ def main():
     })
     names = list(cases)
     results = {k: [] for k in names}
+    def fresh(dst):
+        """The same state before every run: the input cached, no output of any case, no dirty pages."""
+        if os.path.exists(dst):
+            os.remove(dst)
+        subprocess.run(["sync"])
+
     for name in names:  # warm-up (page cache) and correctness
         cmd, dst, converter = cases[name]
+        fresh(dst)
         run(cmd)
         if converter:
-            assert same_tensors(src, dst, out("safeckpt-lib"), torch_ok), name
+            assert same_tensors(src, dst, reference, torch_ok), name
+        fresh(dst)
+    fresh(reference)
     for r in range(a.rounds):
         for k in range(len(names)):
             name = names[(k + r) % len(names)]
             cmd, dst, _ = cases[name]
-            if os.path.exists(dst):
-                os.remove(dst)
-            subprocess.run(["sync"])
+            fresh(dst)
             results[name].append(run(cmd))
+            fresh(dst)
     versions = ""
     if torch_ok:
         import torch, safetensors
