@@ -256,7 +256,8 @@ impl TorchArchive {
             .partition(|(p, out)| *out == p.dtype && p.is_zero_copy(self) && !self.storage_is_deflated(p.def.storage));
         let offset = |p: &TensorPlan| w.layout().position(&p.name).map(|i| w.layout().file_range(i).start);
         direct.sort_by_key(|(p, _)| offset(p));
-        direct.iter().try_for_each(|(p, out)| self.write_tensor(w, p, *out, progress))?;
+        // On a pool thread, so that the writer's hash-while-writing joins stay inside the pool.
+        rayon::scope(|_| direct.iter().try_for_each(|(p, out)| self.write_tensor(w, p, *out, progress)))?;
         work.par_iter().try_for_each(|(p, out)| self.write_tensor(w, p, *out, progress))
     }
 
